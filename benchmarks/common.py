@@ -1,0 +1,63 @@
+"""What every benchmark shares: naming the device, and saving results as JSON and CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+# Peak HBM bandwidth, bytes/s, from vendors' data sheets; matched against the device name in order
+# (so "H100 PCIe" is tried before "H100", which then means the SXM part).
+PEAK_BANDWIDTH = [("H100 PCIe", 2.0e12), ("H100", 3.35e12), ("H200", 4.8e12), ("A100", 2.0e12)]
+
+
+def device_name(device: str | torch.device = "cpu") -> str:
+    """A human name for the device, e.g. 'NVIDIA H100 80GB HBM3' or 'CPU: AMD EPYC (2 cores)'."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:  # no /proc (not Linux): keep platform's name for the processor
+        pass
+    return f"CPU: {model} ({os.cpu_count()} cores)"
+
+
+def peak_bandwidth(device: str | torch.device) -> float | None:
+    """The GPU's peak memory bandwidth in bytes/s, when it is listed in PEAK_BANDWIDTH (None on CPU)."""
+    if torch.device(device).type != "cuda":
+        return None
+    name = device_name(device)
+    return next((bw for key, bw in PEAK_BANDWIDTH if key in name), None)
+
+
+def device_slug(device: str | torch.device = "cpu") -> str:
+    """A file-name-safe short form of `device_name`, e.g. 'nvidia-h100-80gb-hbm3' or 'cpu-2-cores'."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"cpu-{os.cpu_count()}-cores"
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def write_results(name: str, rows: list[dict], meta: dict, out_dir: Path = RESULTS) -> tuple[Path, Path]:
+    """Write `rows` (one dict per measurement) as `<name>.json` (with `meta`) and `<name>.csv`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = out_dir / f"{name}.json", out_dir / f"{name}.csv"
+    json_path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return json_path, csv_path
