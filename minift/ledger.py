@@ -1,0 +1,471 @@
+"""The memory ledger, predicted: where every byte of a training step goes, from the configuration alone.
+
+A training step (minift.train's loop) is: forward, loss, backward, gradient clipping, optimizer step,
+zero_grad(set_to_none=True). What it holds, by category (Hugging Face's "model memory anatomy" uses
+the same split; the byte counts below are ours, checked op by op against PyTorch 2.13 on CPU):
+
+- weights: every parameter, frozen or trainable: numel * itemsize (4 B in fp32, 2 B in bf16).
+- gradients: one per trainable parameter, same dtype, alive from its backward to zero_grad.
+- optimizer state: AdamW keeps two moments per trainable parameter (2 * numel * itemsize) and a
+  4-byte step counter per tensor; SGD with momentum one buffer. Created by the first step.
+- activations: the tensors autograd saves in the forward pass for the backward pass. They are
+  counted per op (below) and checked exactly against `torch.autograd.graph.saved_tensors_hooks`.
+- logits and loss buffers: what the loss holds from forward to backward, and its peak on the way.
+- transients: memory that lives only for a moment: the loss's backward, a block's backward working
+  set, a recomputed block (activation checkpointing), the dense gradient of the embedding, the
+  optimizer's temporaries. They decide the peak, so each is a named term.
+
+Shapes: B batch, T sequence (T' = T + n_virtual with prompt tuning), C width, V vocabulary, L layers,
+nh heads, r LoRA rank, s bytes per element of the model's dtype, N scored tokens (B (T - 1) when
+every token is scored; B k when only the last k of each row are).
+
+What autograd saves, op by op (CPU, dropout 0; `Walk` below applies these rules):
+- Embedding: the ids (8 B each) if the table trains. Dropout with p = 0 saves nothing.
+- LayerNorm: its input, and mean and rstd (B, T, 1 each, in the input's dtype on CPU), whenever its
+  output needs a gradient (the input does, or its own weight or bias trains).
+- Linear: its input only if its *weight* trains (the weight gradient is grad^T @ input); a frozen
+  weight needs nothing saved for the input gradient but the weight itself, a parameter. A LoRA branch
+  saves the input again for A (the same storage) and the (B, T, r) bottleneck for B.
+- scaled_dot_product_attention (CPU flash kernel, is_causal): q, k, v (views of c_attn's output,
+  one 3 C storage), the output (B, T, C: c_proj's input is the same storage) and the logsumexp
+  (B, nh, T) in fp32. No T x T attention matrix is kept.
+- GELU (tanh): its input (B, T, 4 C). Residual additions and views save nothing.
+Per block with every weight trainable this is s B T (16 C + 4) + 4 B nh T bytes: x, LN out, qkv (3),
+attention out, x_mid, LN out, c_fc out (4), GELU out (4). Korthikanti et al. 2022 ("Reducing
+Activation Recomputation in Large Transformer Models", eq. 2) count 34 s b h + 5 a s^2 b bytes in
+16-bit with dropout masks and the attention matrix; with no dropout and flash attention that is our
+16 C elements, 2 bytes each. LoRA on c_attn drops the inputs of every frozen linear layer:
+s B T (11 C + r + 4) + 4 B nh T; in block 0, where nothing upstream needs a gradient, ln_1 saves
+nothing: s B T (10 C + r + 2) + 4 B nh T.
+
+Activation checkpointing keeps only each block's input (s B T' C per block) and recomputes one
+block at a time in the backward pass; that block's saved tensors are a transient.
+
+The loss (minift.train.CompletionLoss) gathers the N scored rows of the final hidden states (the
+index op saves the (B, T) bool mask) and then:
+- torch: logits (N, V) -> .float() -> log-softmax. The log-softmax (N V 4 B) is saved; its backward
+  briefly holds it, its incoming gradient and its result: 3 N V 4 bytes at the start of backward.
+- fused: kernels.cross_entropy writes the gradient over the logits in the forward pass: N V s held.
+- fused-linear: the logits never exist whole; one chunk of at most 64 MiB, and the gradients of the
+  hidden rows (N C s) and of the head (V C s, when it trains) are computed in the forward pass.
+
+The peak is the largest of a few moments of the second step (the first has no optimizer state
+yet); `Prediction.moments` lists them, each with its bytes by category.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from minift.lora import LoRALinear
+from minift.model import GPT, GPTConfig
+from minift.peft import LoraConfig, PromptTuningConfig, SelectiveConfig, apply_peft
+
+LOSSES = ("torch", "fused", "fused-linear")
+OPTIMIZERS = ("adamw", "fused-adamw", "sgd")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# kernels/linear_cross_entropy.py: DEFAULT_CHUNK_BYTES; kernels/cross_entropy.py: _REFERENCE_CHUNK_BYTES
+FUSED_LINEAR_CHUNK_BYTES = 64 * 2**20
+FUSED_REFERENCE_CHUNK_BYTES = 32 * 2**20
+
+CATEGORIES = ("weights_frozen", "weights_trainable", "gradients", "optimizer_state", "activations", "loss", "transient")
+LABELS = {
+    "weights_frozen": "weights, frozen",
+    "weights_trainable": "weights, trainable",
+    "gradients": "gradients",
+    "optimizer_state": "optimizer state",
+    "activations": "activations saved for backward",
+    "loss": "logits and loss buffers",
+    "transient": "transient",
+}
+_PEFT_TYPES = {"lora": LoraConfig, "prompt-tuning": PromptTuningConfig, "selective": SelectiveConfig}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training step to account for: the inputs of the ledger, predicted and measured."""
+
+    model: GPTConfig
+    peft: LoraConfig | PromptTuningConfig | SelectiveConfig | None = None  # None: full fine-tuning
+    optimizer: str = "adamw"  # "adamw" (torch.optim.AdamW) | "fused-adamw" (kernels.FusedAdamW) | "sgd"
+    loss: str = "torch"  # "torch" | "fused" | "fused-linear", as minift.train.CompletionLoss
+    dtype: str = "float32"  # the model's parameters and activations; no autocast
+    batch_size: int = 4
+    seq_len: int = 256
+    completion_tokens: int | None = None  # None: every token scored (language modelling); k: the last k of each row
+    activation_checkpointing: bool = False
+    device: str = "cpu"
+    checkpoint: str | None = None  # a GPT-2 checkpoint directory to load; None: random weights
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS or self.loss not in LOSSES or self.dtype not in DTYPES:
+            raise ValueError(f"optimizer in {OPTIMIZERS}, loss in {LOSSES}, dtype in {tuple(DTYPES)}; "
+                             f"got {self.optimizer!r}, {self.loss!r}, {self.dtype!r}")
+        if self.batch_size < 1 or not 2 <= self.seq_len + self.n_virtual <= self.model.block_size:
+            raise ValueError(f"need batch >= 1 and 2 <= seq (+ virtual tokens) <= {self.model.block_size}, "
+                             f"got batch {self.batch_size}, seq {self.seq_len}")
+        if self.completion_tokens is not None and not 1 <= self.completion_tokens < self.seq_len:
+            raise ValueError(f"completion_tokens must be in 1..{self.seq_len - 1}, got {self.completion_tokens}")
+        if self.model.dropout or getattr(self.peft, "dropout", 0.0):
+            raise ValueError("the ledger models dropout 0 only (dropout > 0 saves masks and leaves SDPA's flash path)")
+
+    @property
+    def method(self) -> str:
+        return next((m for m, t in _PEFT_TYPES.items() if isinstance(self.peft, t)), "full")
+
+    @property
+    def n_virtual(self) -> int:
+        return self.peft.num_virtual_tokens if isinstance(self.peft, PromptTuningConfig) else 0
+
+    @property
+    def scored_tokens(self) -> int:
+        """N: rows that reach the output head. Position t predicts token t + 1, so a row of T has T - 1."""
+        return self.batch_size * (self.completion_tokens or self.seq_len - 1)
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPES[self.dtype].itemsize
+
+    def describe(self) -> str:
+        method = {"full": "full fine-tuning", "lora": "LoRA", "prompt-tuning": "prompt tuning", "selective": "selective"}[self.method]
+        if isinstance(self.peft, LoraConfig):
+            targets = self.peft.targets if isinstance(self.peft.targets, str) else "+".join(self.peft.targets)
+            method += f" r={self.peft.rank} on {targets}"
+        elif isinstance(self.peft, PromptTuningConfig):
+            method += f" ({self.peft.num_virtual_tokens} virtual tokens)"
+        elif isinstance(self.peft, SelectiveConfig):
+            method += f" ({self.peft.train})"
+        scored = "every token scored" if self.completion_tokens is None else f"last {self.completion_tokens} tokens of each row scored"
+        return (f"{method}, {self.optimizer}, {self.loss} loss, {self.dtype}"
+                f"{', activation checkpointing' if self.activation_checkpointing else ''}, "
+                f"batch {self.batch_size} x {self.seq_len} tokens ({scored}: N = {self.scored_tokens:,}), {self.device}")
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["model"] = dataclasses.asdict(self.model)
+        d["peft"] = None if self.peft is None else {"method": self.method, **dataclasses.asdict(self.peft)}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunSpec:
+        d = dict(d)
+        d["model"] = GPTConfig(**d["model"])
+        if d.get("peft") is not None:
+            p = dict(d["peft"])
+            config = _PEFT_TYPES[p.pop("method")]
+            for key in ("targets", "init_token_ids"):
+                if isinstance(p.get(key), list):
+                    p[key] = tuple(p[key])  # JSON gives lists; the configs are frozen, hashable
+            d["peft"] = config(**p)
+        return cls(**d)
+
+
+def model_config(name_or_dir: str) -> GPTConfig:
+    """A preset's config ("tiny", "gpt2", ...) or a checkpoint directory's, with dropout 0."""
+    from minift.checkpoint import config_from_hf
+
+    path = Path(name_or_dir)
+    if path.is_dir():
+        config = config_from_hf(json.loads((path / "config.json").read_text()), str(path / "config.json"))
+        return dataclasses.replace(config, dropout=0.0)
+    return GPTConfig.from_name(name_or_dir, dropout=0.0)
+
+
+def meta_model(spec: RunSpec) -> nn.Module:
+    """The model of `spec` on the meta device: every shape and requires_grad flag, no memory.
+
+    The method is applied by minift's own code (apply_peft), so the ledger counts exactly the
+    parameters a run trains; the bytes are then arithmetic on those shapes.
+    """
+    with torch.device("meta"):
+        model = GPT(spec.model).to(DTYPES[spec.dtype])
+        return model if spec.peft is None else apply_peft(model, spec.peft)
+
+
+# ----------------------------------------------------------------------------------------------
+# Walking the forward pass: what autograd saves
+
+
+@dataclass(eq=False)  # identity matters: two saves of one storage count once
+class _Tensor:
+    nbytes: int
+    grad: bool  # requires grad
+
+
+class Walk:
+    """Follows a GPT forward pass op by op and records the storages autograd saves, with a label each.
+
+    `saved` maps each saved storage to its label; a storage saved by two ops (q, k, v and c_attn's
+    output; SDPA's output and c_proj's input) counts once, as it does in memory.
+    """
+
+    def __init__(self, s: int, stats_s: int):
+        self.s, self.stats_s = s, stats_s  # bytes per activation element, per LayerNorm mean/rstd element
+        self.saved: dict[_Tensor, str] = {}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.saved)
+
+    def save(self, t: _Tensor, label: str) -> None:
+        self.saved.setdefault(t, label)
+
+    def layer_norm(self, x: _Tensor, ln: nn.LayerNorm, rows: int, label: str) -> _Tensor:
+        trains = any(p.requires_grad for p in ln.parameters())
+        if x.grad or trains:  # one backward formula for input, weight and bias: all three are saved
+            self.save(x, f"{label} input")
+            self.save(_Tensor(rows * self.stats_s, False), f"{label} mean")
+            self.save(_Tensor(rows * self.stats_s, False), f"{label} rstd")
+        return _Tensor(x.nbytes, x.grad or trains)
+
+    def linear(self, x: _Tensor, module: nn.Module, rows: int, label: str) -> _Tensor:
+        base = module.base if isinstance(module, LoRALinear) else module
+        if base.weight.requires_grad:
+            self.save(x, f"{label} input")  # for the weight gradient: grad^T @ x
+        trains = base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad)
+        y = _Tensor(rows * base.out_features * self.s, x.grad or trains)
+        if isinstance(module, LoRALinear) and module.active in module.specs and not module.disabled:
+            A, B = module.lora_A[module.active], module.lora_B[module.active]
+            if A.requires_grad:
+                self.save(x, f"{label} input")  # the same storage as above: counted once
+            h = _Tensor(rows * A.shape[0] * self.s, x.grad or A.requires_grad)  # (B, T, r)
+            if B.requires_grad:
+                self.save(h, f"{label} LoRA bottleneck (B, T, r)")
+            y = _Tensor(y.nbytes, y.grad or h.grad or B.requires_grad)  # base(x) + scaling * B A x: a new tensor
+        return y
+
+    def block(self, x: _Tensor, blk: nn.Module, B: int, T: int, C: int, nh: int, i: int) -> _Tensor:
+        rows = B * T
+        a = self.layer_norm(x, blk.ln_1, rows, f"h.{i}.ln_1")
+        qkv = self.linear(a, blk.attn.c_attn, rows, f"h.{i}.attn.c_attn")
+        y = _Tensor(rows * C * self.s, qkv.grad)  # SDPA output, (B, nh, T, hs) over a (B, T, C) storage
+        if qkv.grad:
+            self.save(qkv, f"h.{i} q, k, v")
+            self.save(y, f"h.{i} attention output")
+            self.save(_Tensor(B * nh * T * 4, False), f"h.{i} attention logsumexp (fp32)")
+        o = self.linear(y, blk.attn.c_proj, rows, f"h.{i}.attn.c_proj")
+        x = _Tensor(x.nbytes, x.grad or o.grad)  # x + attn(ln_1(x))
+        b = self.layer_norm(x, blk.ln_2, rows, f"h.{i}.ln_2")
+        u = self.linear(b, blk.mlp.c_fc, rows, f"h.{i}.mlp.c_fc")
+        if u.grad:
+            self.save(u, f"h.{i} GELU input")
+        g = _Tensor(u.nbytes, u.grad)
+        m = self.linear(g, blk.mlp.c_proj, rows, f"h.{i}.mlp.c_proj")
+        return _Tensor(x.nbytes, x.grad or m.grad)
+
+
+def _block_work(walk: Walk, rows: int, C: int) -> int:
+    """Bytes a block's backward holds beyond its saved tensors and gradients, at its worst moment.
+
+    The MLP backward comes first: the block's output gradient dx (rows x C) stays alive, mlp.c_proj's
+    backward writes d(GELU out) (4 C), then GELU's backward writes d(c_fc out) (4 C) while its input
+    is still alive: 9 C per row. Where mlp.c_proj saved the GELU output (its weight trains), that
+    4 C is freed before GELU's backward runs: 5 C per row. The attention backward holds less.
+    """
+    gelu_out_saved = any(t for t, label in walk.saved.items() if label.endswith("mlp.c_proj input"))
+    return rows * C * walk.s * (5 if gelu_out_saved else 9)
+
+
+@dataclass
+class Moment:
+    """The live bytes at one instant of the step, by category; the peak is the largest moment."""
+
+    name: str
+    phase: str  # "forward" | "backward" | "optimizer"
+    bytes: dict[str, int]
+    transient: str = ""  # what the transient bytes are
+
+    @property
+    def total(self) -> int:
+        return sum(self.bytes.values())
+
+
+@dataclass
+class Prediction:
+    spec: RunSpec
+    trainable_params: int
+    total_params: int
+    sizes: dict[str, int]  # full size of each category (transient: the one at the peak)
+    activation_terms: list[tuple[str, int]]  # (label, bytes) of every saved storage
+    loss_terms: list[tuple[str, int]]
+    moments: list[Moment] = field(default_factory=list)
+
+    @property
+    def peak(self) -> Moment:
+        return max(self.moments, key=lambda m: m.total)
+
+    def phase_peaks(self) -> dict[str, int]:
+        peaks: dict[str, int] = {}
+        for m in self.moments:
+            peaks[m.phase] = max(peaks.get(m.phase, 0), m.total)
+        return peaks
+
+
+@dataclass
+class _Loss:
+    """What the loss holds and moves, by moment (see the module docstring for each loss)."""
+
+    held: list[tuple[str, int]]  # from its forward to its backward: (label, bytes)
+    forward: int  # transient at its forward peak, beyond `held`
+    backward: int  # transient at its backward peak, beyond `held`
+    head_held: int  # what is still held when the output head's backward runs
+    head: int  # transient then: d(logits), d(hidden rows)
+
+
+def _loss(spec: RunSpec, head_trains: bool, hidden_grad: bool) -> _Loss:
+    B, C, V, s, N = spec.batch_size, spec.model.n_embd, spec.model.vocab_size, spec.itemsize, spec.scored_tokens
+    hidden = B * (spec.seq_len + spec.n_virtual) * C * s  # ln_f's output, alive in the loss's frame
+    rows_copy = N * C * s  # the gathered scored rows (N, C)
+    mask = [("scored-position mask (B, T) bool", B * spec.seq_len)] if hidden_grad else []
+    if spec.loss == "fused-linear":
+        rows = max(1, FUSED_LINEAR_CHUNK_BYTES // (V * s))
+        chunk = min(rows, N) * V * s  # the one logits buffer every chunk reuses
+        work = min(rows, N, max(1, FUSED_REFERENCE_CHUNK_BYTES // (V * 4))) * V * 4 if s != 4 else 0
+        held = mask + [("d(hidden rows) (N, C), computed in forward", rows_copy)]
+        if head_trains:
+            held.append(("d(head weight) (V, C), computed in forward", V * C * s))
+        # labels (N,) int64 and per-row losses (N,) fp32 beside the chunk; no head backward follows
+        return _Loss(held, hidden + rows_copy + N * 12 + chunk + work, 0, sum(b for _, b in mask), rows_copy)
+    saved_rows = [("head input: scored hidden rows (N, C)", rows_copy)] if head_trains else []
+    gathered = 0 if head_trains else rows_copy  # alive in the loss's frame when nobody saves it
+    if spec.loss == "torch":
+        held = mask + saved_rows + [("log-softmax (N, V) fp32", N * V * 4), ("targets (N,) int64", N * 8), ("total weight", 4)]
+        upcast = N * V * s if s != 4 else 0  # d(logits) rounded back to the model's dtype
+        return _Loss(held,
+                     forward=hidden + gathered + N * V * 4,  # the fp32 logits beside the log-softmax being written
+                     backward=2 * N * V * 4,  # d(log-softmax) and d(logits) beside the saved log-softmax
+                     head_held=sum(b for _, b in mask + saved_rows) + N * 8 + 4,
+                     head=max(N * V * 4 + upcast, N * V * s + rows_copy))
+    held = mask + saved_rows + [("gradient written over the logits (N, V)", N * V * s)]
+    work = min(N, max(1, FUSED_REFERENCE_CHUNK_BYTES // (V * 4))) * V * 4 if s != 4 else 0  # fp32 rows of the reference
+    return _Loss(held, forward=hidden + gathered + N * 12 + work, backward=0,
+                 head_held=sum(b for _, b in mask + saved_rows), head=N * V * s + rows_copy)
+
+
+def predict(spec: RunSpec) -> Prediction:
+    """The ledger of one training step of `spec`, from its configuration alone (no memory is allocated)."""
+    model = meta_model(spec)
+    gpt = model.base_model if isinstance(model, nn.Module) and hasattr(model, "base_model") else model
+    cfg, s = spec.model, spec.itemsize
+    B, T, C, nh, V = spec.batch_size, spec.seq_len, cfg.n_embd, cfg.n_head, cfg.vocab_size
+    Tp, rows = T + spec.n_virtual, B * (T + spec.n_virtual)
+
+    params = list(model.parameters())  # a tied tensor appears once
+    trainable = [p for p in params if p.requires_grad]
+    nbytes = lambda ps: sum(p.numel() * p.element_size() for p in ps)
+    w_frozen, w_train = nbytes([p for p in params if not p.requires_grad]), nbytes(trainable)
+    grads = w_train
+    if spec.optimizer == "sgd":
+        state = w_train  # momentum buffer
+    else:
+        state = 2 * w_train + 4 * len(trainable)  # exp_avg, exp_avg_sq; a 0-dim fp32 step per tensor
+    optimizer_temp, optimizer_label = _optimizer_temporaries(spec, trainable)
+
+    # ---- forward: what autograd saves
+    stats_s = s if spec.device == "cpu" else 4  # LayerNorm mean/rstd: the input's dtype on CPU, fp32 on CUDA
+    walk = Walk(s, stats_s)
+    wte, wpe = gpt.transformer.wte.weight, gpt.transformer.wpe.weight
+    if wte.requires_grad:
+        walk.save(_Tensor(B * T * 8, False), "token ids (B, T) int64, for wte's gradient")
+    if wpe.requires_grad:
+        walk.save(_Tensor(Tp * 8, False), "positions (1, T) int64, for wpe's gradient")
+    x = _Tensor(rows * C * s, wte.requires_grad or wpe.requires_grad or spec.n_virtual > 0)
+    block_saved, block_work = [], []
+    for i, blk in enumerate(gpt.transformer.h):
+        inner = Walk(s, stats_s)
+        out = inner.block(x, blk, B, Tp, C, nh, i)
+        # recomputed in backward under checkpointing: the block's saved tensors less its input, which
+        # the checkpoint holds already
+        block_saved.append(inner.nbytes - (x.nbytes if x in inner.saved else 0))
+        block_work.append(_block_work(inner, rows, C))
+        if spec.activation_checkpointing:
+            if out.grad:  # the checkpoint keeps the block's input; a block nothing needs is dropped whole
+                walk.save(x, f"h.{i} input (kept by the checkpoint)")
+        else:
+            walk.saved.update(inner.saved)
+        x = out
+    walk.layer_norm(x, gpt.transformer.ln_f, rows, "ln_f")
+    activations = walk.nbytes
+    head_trains = gpt.lm_head.weight.requires_grad
+    loss = _loss(spec, head_trains, x.grad)
+    held = sum(b for _, b in loss.held)
+    head_grad = V * C * s if head_trains else 0
+    ln_f_grads = nbytes([p for p in gpt.transformer.ln_f.parameters() if p.requires_grad])
+    last_block_grads = nbytes([p for p in gpt.transformer.h[-1].parameters() if p.requires_grad])
+    dx = rows * C * s  # the gradient flowing back through the residual stream, (B, T', C)
+    recompute = block_saved[-1] if spec.activation_checkpointing else 0
+    embedding_grad = V * C * s if wte.requires_grad else 0  # the lookup's dense (V, C) gradient, then added to wte.grad
+
+    fixed = dict(weights_frozen=w_frozen, weights_trainable=w_train, optimizer_state=state)
+    moments = [
+        Moment("forward: loss", "forward", {**fixed, "activations": activations, "loss": held, "transient": loss.forward},
+               "the loss's forward working set (final hidden states, logits or one chunk of them)"),
+        Moment("backward: loss", "backward", {**fixed, "activations": activations, "loss": held, "transient": loss.backward},
+               "the loss's backward buffers (d log-softmax, d logits)"),
+        Moment("backward: output head", "backward",
+               {**fixed, "activations": activations, "loss": loss.head_held, "gradients": head_grad, "transient": loss.head},
+               "d(logits) and d(hidden rows) in the head's backward"),
+        Moment("backward: last block", "backward",
+               {**fixed, "activations": activations, "gradients": head_grad + ln_f_grads + last_block_grads,
+                "transient": recompute + block_work[-1] + dx},
+               ("the recomputed block's saved tensors and " if recompute else "") + "the block's backward working set"),
+        Moment("backward: embeddings", "backward", {**fixed, "gradients": grads, "transient": embedding_grad + dx},
+               "the embedding lookup's dense gradient (V, C) and d(embeddings)" if embedding_grad else "d(embeddings)"),
+        Moment("optimizer step", "optimizer", {**fixed, "gradients": grads, "transient": optimizer_temp}, optimizer_label),
+    ]
+    if spec.activation_checkpointing:
+        moments.insert(0, Moment("forward: a checkpointed block", "forward",
+                                 {**fixed, "activations": activations, "transient": 9 * dx},
+                                 "one block's forward working set (GELU input and output, residual)"))
+    for m in moments:
+        m.bytes = {c: m.bytes.get(c, 0) for c in CATEGORIES}
+
+    prediction = Prediction(
+        spec=spec,
+        trainable_params=sum(p.numel() for p in trainable),
+        total_params=sum(p.numel() for p in params),
+        sizes=dict(weights_frozen=w_frozen, weights_trainable=w_train, gradients=grads, optimizer_state=state,
+                   activations=activations, loss=held, transient=0),
+        activation_terms=[(label, t.nbytes) for t, label in walk.saved.items()],
+        loss_terms=loss.held,
+        moments=moments,
+    )
+    prediction.sizes["transient"] = prediction.peak.bytes["transient"]
+    return prediction
+
+
+def _optimizer_temporaries(spec: RunSpec, trainable: list[torch.Tensor]) -> tuple[int, str]:
+    """Bytes the optimizer step allocates and frees again, and what they are.
+
+    - torch.optim.AdamW on CPU runs one tensor at a time (no foreach kernels on CPU):
+      `denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)` holds two temporaries the
+      size of the tensor at once: 2 x the largest trainable tensor. On CUDA (foreach) sqrt runs over
+      the whole group at once: the bytes of the largest parameter group.
+    - kernels.FusedAdamW: none on CUDA (Triton, in place); its CPU reference holds one sqrt
+      temporary (and fp32 copies of p, g, m, v for 16-bit parameters).
+    - SGD with weight decay: `grad.add(param, alpha=wd)` is a new tensor: the largest decayed tensor
+      on CPU, the whole decayed group with foreach on CUDA.
+    """
+    numel = lambda ps: max((p.numel() for p in ps), default=0)
+    s = DTYPES[spec.dtype].itemsize
+    decayed = [p for p in trainable if p.dim() >= 2]  # minift.train.build_optimizer decays matrices only
+    groups = [decayed, [p for p in trainable if p.dim() < 2]]
+    on_cuda = spec.device != "cpu"
+    if spec.optimizer == "adamw":
+        if on_cuda:
+            return max(sum(p.numel() for p in g) for g in groups) * s, "AdamW's foreach sqrt(v) over a parameter group"
+        return 2 * numel(trainable) * s, "AdamW's sqrt(v) temporaries (2 x the largest trainable tensor)"
+    if spec.optimizer == "fused-adamw":
+        if on_cuda:
+            return 0, "none (the Triton kernel updates p, m, v in place)"
+        copies = 4 if s != 4 else 0  # fp32 working copies of p, g, m, v for bf16/fp16 tensors
+        return (1 + copies) * numel(trainable) * 4, "FusedAdamW reference's sqrt(v) temporary (largest tensor)"
+    if on_cuda:
+        return sum(p.numel() for p in decayed) * s, "SGD's foreach weight-decayed gradients"
+    return numel(decayed) * s, "SGD's weight-decayed gradient (largest decayed tensor)"
