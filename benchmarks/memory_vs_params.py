@@ -3,7 +3,9 @@
     python -m benchmarks.memory_vs_params            # the full sweep (an hour or more on 2 CPU cores)
     python -m benchmarks.memory_vs_params --quick    # tiny preset + a few GPT-2 small rows, minutes
 
-What is measured. A step is minift.train's: forward and loss, backward, clip the gradient norm to 1,
+What is measured. A step is minift.train's: forward and loss (minift.train's default on the device:
+kernels.cross_entropy's reference on CPU, the fused linear cross-entropy on CUDA, unless a row names
+another), backward, clip the gradient norm to 1,
 optimizer step, zero_grad(set_to_none=True); its peak is taken over two steps (the first creates the
 optimizer state). Every configuration runs in a fresh process (minift.memory.measure_in_subprocess)
 after a warm-up step of a tiny model of the same kind; "peak above the built model" is the peak
@@ -45,6 +47,7 @@ from minift.ledger import DTYPES, RunSpec, model_config, predict
 from minift.memory import StepParts, measure_step, measure_with
 from minift.peft import LoraConfig, PromptTuningConfig, SelectiveConfig
 from minift.plots import pyplot, save_figure
+from minift.train import default_loss
 
 BATCH, SEQ = 4, 256
 C_ATTN_RANKS = (1, 4, 8, 16, 64, 256)
@@ -162,7 +165,8 @@ def configs(sizes: list[str], quick: bool, device: str) -> list[Config]:
     out = []
     key_size = "tiny" if quick else "gpt2"
     for size in sizes:
-        run = functools.partial(RunSpec, model_config(size), batch_size=BATCH, seq_len=SEQ, device=device)
+        run = functools.partial(RunSpec, model_config(size), batch_size=BATCH, seq_len=SEQ, device=device,
+                                loss=default_loss(device))
         key, medium = size == key_size, size not in ("tiny", "gpt2")
         c_attn = C_ATTN_RANKS if key and not quick else (1, 8, 64)
         all_linear = ALL_LINEAR_RANKS if key and not quick else (8,)
@@ -170,6 +174,8 @@ def configs(sizes: list[str], quick: bool, device: str) -> list[Config]:
             c_attn, all_linear = (8,), ()
         fused = "LoRA r=8 c_attn, fused-linear + checkpointing"
         out.append(Config("full", "full", run(), default_allocator=key))
+        if key:  # the same step with eager F.cross_entropy: what the default fused loss saves
+            out.append(Config("full, variants", "full, torch loss", run(loss="torch"), peer=False))
         out.append(Config("full (fused AdamW + fused-linear CE)", "full, fused", run(optimizer="fused-adamw", loss="fused-linear"),
                           peer=False))
         for r in c_attn:
@@ -192,7 +198,8 @@ def configs(sizes: list[str], quick: bool, device: str) -> list[Config]:
         for B, T in SWEEP:
             if (B, T) == (BATCH, SEQ):
                 continue  # measured above
-            sweep = functools.partial(RunSpec, model_config(size), batch_size=B, seq_len=T, device=device)
+            sweep = functools.partial(RunSpec, model_config(size), batch_size=B, seq_len=T, device=device,
+                                      loss=default_loss(device))
             out.append(Config("sweep", "full", sweep(), peer=False, sweep=True))
             out.append(Config("sweep", "LoRA r=8 c_attn", sweep(LoraConfig(rank=8)), peer=False, sweep=True))
             out.append(Config("sweep", fused, sweep(LoraConfig(rank=8), loss="fused-linear", activation_checkpointing=True),
@@ -263,7 +270,9 @@ def _add_ratios(rows: list[dict]) -> None:
     for r in rows:
         if r["impl"] != "minift":
             continue
-        base = r["label"].split(", fused")[0].split(", checkpointing")[0]
+        base = r["label"]
+        for variant in (", fused", ", checkpointing", ", torch loss"):
+            base = base.split(variant)[0]
         where = (r["model"], r["batch"], r["seq"], r["labels"], r["allocator"])
         plain = peers.get((where[0], base, *where[1:]))
         if plain is not None:
@@ -370,7 +379,7 @@ def plot_sweep(rows: list[dict], path, size: str, device: str) -> None:
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
     predicted = {}
     for (label, peft), color in zip(kinds.items(), ("C0", "C1", "C6")):
-        extra = dict(loss="fused-linear", activation_checkpointing=True) if label == fused else {}
+        extra = dict(loss="fused-linear", activation_checkpointing=True) if label == fused else dict(loss=default_loss(device))
         preds = [predict(RunSpec(model_config(size), peft, batch_size=B, seq_len=T, device=device, **extra)) for B, T in shapes]
         tokens = [B * T for B, T in shapes]
         predicted[label] = [p.peak.total for p in preds]

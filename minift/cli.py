@@ -225,7 +225,7 @@ def _add_memory(sub):
     p.add_argument("--optimizer", default="auto", choices=("auto", "adamw", "fused-adamw", "sgd"),
                    help="auto: fused-adamw on CUDA, adamw on CPU (as training)")
     p.add_argument("--loss", default="auto", choices=("auto", "torch", "fused", "fused-linear"),
-                   help="auto: fused-linear on CUDA, torch on CPU (as training)")
+                   help="auto: fused-linear on CUDA, fused on CPU (as training)")
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
     p.add_argument("--batch", type=int, default=4, help="sequences per step")
@@ -250,13 +250,13 @@ def run_memory(args) -> None:
 
     from minift.ledger import RunSpec, model_config, predict
     from minift.memory import format_ledger, measure
+    from minift.train import default_loss, default_optimizer
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    on_cuda = device.startswith("cuda")
     spec = RunSpec(
         model_config(args.model), peft_config(args.method, args),
-        optimizer=args.optimizer if args.optimizer != "auto" else ("fused-adamw" if on_cuda else "adamw"),
-        loss=args.loss if args.loss != "auto" else ("fused-linear" if on_cuda else "torch"),
+        optimizer=args.optimizer if args.optimizer != "auto" else default_optimizer(device),
+        loss=args.loss if args.loss != "auto" else default_loss(device),
         dtype=args.dtype, batch_size=args.batch, seq_len=args.seq, completion_tokens=args.completion_tokens,
         activation_checkpointing=args.activation_checkpointing, device=device,
         checkpoint=str(Path(args.model).resolve()) if Path(args.model).is_dir() else None,

@@ -7,7 +7,7 @@ import torch
 
 from minift.data import Batches
 from minift.model import GPT, GPTConfig
-from minift.train import CompletionLoss, TrainConfig, TrainingDiverged, learning_rate, train
+from minift.train import CompletionLoss, TrainConfig, TrainingDiverged, learning_rate, resolve, train
 
 
 def _config(tmp_path, **overrides):
@@ -211,6 +211,13 @@ def test_activation_checkpointing_trains_identically(tiny_tokenizer, review_exam
         results.append(_weights(model))
     for key in results[0]:
         torch.testing.assert_close(results[1][key], results[0][key], rtol=0, atol=0)  # recomputation repeats the same ops
+
+
+@pytest.mark.parametrize("device, loss, optimizer", [("cpu", "fused", "adamw"), ("cuda", "fused-linear", "fused-adamw")])
+def test_auto_loss_and_optimizer_by_device(device, loss, optimizer):
+    # no GPU needed: resolve only names the device
+    assert resolve(TrainConfig(device=device)) == (torch.device(device), loss, optimizer)
+    assert resolve(TrainConfig(device=device, loss="torch", optimizer="sgd"))[1:] == ("torch", "sgd")
 
 
 @pytest.mark.slow
