@@ -2,6 +2,7 @@
 
     python -m benchmarks.memory_vs_params            # the full sweep (an hour or more on 2 CPU cores)
     python -m benchmarks.memory_vs_params --quick    # tiny preset + a few GPT-2 small rows, minutes
+    python -m benchmarks.memory_vs_params --sizes gpt2-medium --tag gpt2-medium   # one size, its own files
 
 What is measured. A step is minift.train's: forward and loss (minift.train's default on the device:
 kernels.cross_entropy's reference on CPU, the fused linear cross-entropy on CUDA, unless a row names
@@ -410,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", nargs="+", help="model presets (default: tiny gpt2 gpt2-medium; quick: tiny)")
     parser.add_argument("--no-peer", action="store_true", help="skip transformers + peft")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tag", help="appended to the result files' names, e.g. for a sweep of some sizes only")
     args = parser.parse_args(argv)
     sizes = args.sizes or (["tiny"] if args.quick else ["tiny", "gpt2", "gpt2-medium"])
     cfgs = configs(sizes, args.quick, args.device)
@@ -421,7 +423,7 @@ def main(argv: list[str] | None = None) -> None:
         print("\n" + table(rows, allocator))
     report = targets_report(rows)
     print("\n" + "\n".join(report))
-    name = f"memory_vs_params_{device_slug(args.device)}" + ("_quick" if args.quick else "")
+    name = f"memory_vs_params_{device_slug(args.device)}" + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")
     meta = dict(device=device_name(args.device), torch=torch.__version__, command=" ".join(["python -m benchmarks.memory_vs_params", *(argv or sys.argv[1:])]),
                 batch=BATCH, seq=SEQ, wall_s=time.perf_counter() - t0, targets=report)
     try:
