@@ -430,9 +430,16 @@ def measure(spec, tracking_malloc: bool = True, steps: int = 2) -> dict:
     return measure_with("minift.memory", "_measure_spec", {"spec": spec.to_dict(), "steps": steps}, tracking_malloc)
 
 
+# The step a user runs: on CPU tensors the kernels' PyTorch reference, also under the test suite,
+# whose TRITON_INTERPRET=1 (tests/conftest.py) would otherwise reach the subprocess and run Triton's
+# interpreter instead (kernels._backend). Harmless on a GPU, where the compiled kernels run.
+_LIBRARY_PATH_ENV = {"TRITON_INTERPRET": "0"}
+
+
 def measure_with(module: str, function: str, kwargs: dict, tracking_malloc: bool = True) -> dict:
     """`measure_in_subprocess` under TRACKING_ENV or the defaults; the result says which ("allocator")."""
-    result = measure_in_subprocess(module, function, kwargs, TRACKING_ENV if tracking_malloc else {})
+    env = (TRACKING_ENV if tracking_malloc else {}) | _LIBRARY_PATH_ENV
+    result = measure_in_subprocess(module, function, kwargs, env)
     result["allocator"] = "tracking (MALLOC_MMAP_THRESHOLD_=65536, MKL_DISABLE_FAST_MM=1)" if tracking_malloc else "default (glibc, MKL)"
     return result
 
