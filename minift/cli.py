@@ -218,7 +218,8 @@ def _add_memory(sub):
     p = sub.add_parser("memory", help="the memory ledger of a training step, predicted and measured",
                        description="Where every byte of one training step goes: weights, gradients, optimizer state, "
                        "activations saved for backward, logits and loss buffers, transients; predicted from the "
-                       "configuration and measured in a fresh process (peak resident memory on CPU, the CUDA "
+                       "configuration (plus the BLAS's matrix-product workspace, measured by replaying the output "
+                       "head's products) and measured in a fresh process (peak resident memory on CPU, the CUDA "
                        "allocator's peak on GPU).")
     p.add_argument("--model", default="gpt2", help="a preset (tiny, gpt2, gpt2-medium, ...; random weights) or a checkpoint directory")
     p.add_argument("--method", default="full", choices=METHODS)
@@ -235,7 +236,7 @@ def _add_memory(sub):
     p.add_argument("--device", default="auto")
     p.add_argument("--default-malloc", action="store_true",
                    help="measure under glibc's default allocator (default: MALLOC_MMAP_THRESHOLD_=65536, RSS follows live bytes)")
-    p.add_argument("--predict-only", action="store_true", help="print the prediction without running the step")
+    p.add_argument("--predict-only", action="store_true", help="print the prediction from the configuration alone (no step, no workspace probe)")
     p.add_argument("--explain", action="store_true", help="also list every saved tensor the prediction counts")
     p.add_argument("--json", action="store_true", help="print predicted and measured figures as JSON")
     _add_method_options(p)
@@ -249,7 +250,7 @@ def run_memory(args) -> None:
     import torch
 
     from minift.ledger import RunSpec, model_config, predict
-    from minift.memory import format_ledger, measure
+    from minift.memory import format_ledger, measure, measure_gemm_workspace
     from minift.train import default_loss, default_optimizer
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -261,11 +262,13 @@ def run_memory(args) -> None:
         activation_checkpointing=args.activation_checkpointing, device=device,
         checkpoint=str(Path(args.model).resolve()) if Path(args.model).is_dir() else None,
     )
-    prediction = predict(spec)
+    # --predict-only is arithmetic alone; a measured run also measures the BLAS workspace (minift.ledger)
+    prediction = predict(spec, None if args.predict_only else measure_gemm_workspace(spec))
     measured = None if args.predict_only else measure(spec, tracking_malloc=not args.default_malloc)
     if args.json:
         print(json.dumps({"spec": spec.to_dict(), "predicted": {"sizes": prediction.sizes, "peak": prediction.peak.total,
-                          "phases": prediction.phase_peaks(), "moments": [dataclasses.asdict(m) for m in prediction.moments]},
+                          "phases": prediction.phase_peaks(), "moments": [dataclasses.asdict(m) for m in prediction.moments],
+                          "gemm_workspace": prediction.gemm_workspace},
                           "measured": measured}, indent=2))
         return
     print(format_ledger(prediction, measured))

@@ -7,8 +7,10 @@ what the method costs beside what it buys:
 
     trainable parameters and their share       what the optimizer updates
     artefact bytes                              what you ship: a whole model, or only an adapter
-    predicted and measured peak of one step     `minift.ledger.predict` and `minift.memory.measure`
-                                                (a fresh process) at the run's batch and longest row
+    predicted and measured peak of one step     `minift.ledger.predict` (with the BLAS workspace of
+                                                `minift.memory.measure_gemm_workspace`) and
+                                                `minift.memory.measure` (a fresh process), at the
+                                                run's batch and longest row
     time per optimizer step                     from the training loop
     validation and test accuracy                exact match, teacher-forced (`minift.evaluate`)
 
@@ -33,6 +35,7 @@ from minift.finetune import METHODS, FinetuneConfig, default_train_config, finet
 from minift.ledger import RunSpec, model_config
 from minift.ledger import predict as predict_memory
 from minift.memory import measure as measure_memory
+from minift.memory import measure_gemm_workspace
 from minift.peft import LoraConfig, PromptTuningConfig, SelectiveConfig
 from minift.plots import pyplot, save_figure
 from minift.tasks_data import load_task_data
@@ -105,7 +108,7 @@ def compare(config: CompareConfig, log=print) -> list[dict]:
                                          seed=config.seed, train=train))
         spec = memory_spec(config, method, seq_len, min(completion, seq_len - 1))
         log(f"    memory of one step: {spec.describe()}")
-        predicted = predict_memory(spec).peak.total
+        predicted = predict_memory(spec, measure_gemm_workspace(spec) if config.measure else None).peak.total
         measured = measure_memory(spec)["peak"] if config.measure else None
         rows.append(dict(
             method=method, trainable_params=record["trainable_parameters"], trainable_pct=record["trainable_percent"],

@@ -51,6 +51,15 @@ index op saves the (B, T) bool mask) and then:
 
 The peak is the largest of a few moments of the second step (the first has no optimizer state
 yet); `Prediction.moments` lists them, each with its bytes by category.
+
+One thing a step holds is not a tensor: the BLAS library's workspace. While a matrix product runs,
+MKL (like every GotoBLAS-style library: Goto and van de Geijn 2008, "Anatomy of High-Performance
+Matrix Multiplication") copies panels of its operands into packed per-thread buffers and frees them
+when it returns. For the output head, whose weight is the largest matrix of the model (V x C), that
+is a few MiB: about 2 MiB for the tiny model and 10 MiB for GPT-2 small on 2 cores. Its size is
+the library's choice (its blocking, the thread count), not the configuration's, so `predict` takes it
+as measured: `minift.memory.measure_gemm_workspace` replays the head's products (`HeadMatmuls`) in a
+fresh process. Without it (the default) the ledger is the tensors alone.
 """
 
 from __future__ import annotations
@@ -74,7 +83,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 FUSED_LINEAR_CHUNK_BYTES = 64 * 2**20
 FUSED_REFERENCE_CHUNK_BYTES = 32 * 2**20
 
-CATEGORIES = ("weights_frozen", "weights_trainable", "gradients", "optimizer_state", "activations", "loss", "transient")
+CATEGORIES = ("weights_frozen", "weights_trainable", "gradients", "optimizer_state", "activations", "loss", "workspace",
+              "transient")
 LABELS = {
     "weights_frozen": "weights, frozen",
     "weights_trainable": "weights, trainable",
@@ -82,6 +92,7 @@ LABELS = {
     "optimizer_state": "optimizer state",
     "activations": "activations saved for backward",
     "loss": "logits and loss buffers",
+    "workspace": "BLAS workspace (measured)",
     "transient": "transient",
 }
 _PEFT_TYPES = {"lora": LoraConfig, "prompt-tuning": PromptTuningConfig, "selective": SelectiveConfig}
@@ -286,14 +297,34 @@ class Moment:
         return sum(self.bytes.values())
 
 
+@dataclass(frozen=True)
+class HeadMatmuls:
+    """The output head's matrix products in one step: what `minift.memory.measure_gemm_workspace` replays.
+
+    Without the fused-linear loss: logits = h W^T in the loss's forward; d(h) = d(logits) W and
+    d(W) = d(logits)^T h in the head's backward. With it (kernels.linear_cross_entropy) all three run
+    chunk by chunk inside the loss's forward, `rows` at a time.
+    """
+
+    rows: int  # rows of h per product: the N scored tokens, or one chunk of them
+    n_embd: int
+    vocab_size: int
+    dtype: str
+    weight_grad: bool  # d(W) is computed: the head's weight trains
+    input_grad: bool  # d(h) is computed: something below the head trains
+    fused_linear: bool
+
+
 @dataclass
 class Prediction:
     spec: RunSpec
     trainable_params: int
     total_params: int
-    sizes: dict[str, int]  # full size of each category (transient: the one at the peak)
+    sizes: dict[str, int]  # full size of each category (transient and workspace: the ones at the peak)
     activation_terms: list[tuple[str, int]]  # (label, bytes) of every saved storage
     loss_terms: list[tuple[str, int]]
+    head_matmuls: HeadMatmuls
+    gemm_workspace: dict[str, int] | None  # as given to `predict`; None: the tensors alone
     moments: list[Moment] = field(default_factory=list)
 
     @property
@@ -318,13 +349,18 @@ class _Loss:
     head: int  # transient then: d(logits), d(hidden rows)
 
 
+def _fused_linear_chunk_rows(V: int, s: int) -> int:
+    """Rows per chunk of kernels.linear_cross_entropy: as many as fit its logits buffer."""
+    return max(1, FUSED_LINEAR_CHUNK_BYTES // (V * s))
+
+
 def _loss(spec: RunSpec, head_trains: bool, hidden_grad: bool) -> _Loss:
     B, C, V, s, N = spec.batch_size, spec.model.n_embd, spec.model.vocab_size, spec.itemsize, spec.scored_tokens
     hidden = B * (spec.seq_len + spec.n_virtual) * C * s  # ln_f's output, alive in the loss's frame
     rows_copy = N * C * s  # the gathered scored rows (N, C)
     mask = [("scored-position mask (B, T) bool", B * spec.seq_len)] if hidden_grad else []
     if spec.loss == "fused-linear":
-        rows = max(1, FUSED_LINEAR_CHUNK_BYTES // (V * s))
+        rows = _fused_linear_chunk_rows(V, s)
         chunk = min(rows, N) * V * s  # the one logits buffer every chunk reuses
         work = min(rows, N, max(1, FUSED_REFERENCE_CHUNK_BYTES // (V * 4))) * V * 4 if s != 4 else 0
         held = mask + [("d(hidden rows) (N, C), computed in forward", rows_copy)]
@@ -348,8 +384,16 @@ def _loss(spec: RunSpec, head_trains: bool, hidden_grad: bool) -> _Loss:
                  head_held=sum(b for _, b in mask + saved_rows), head=N * V * s + rows_copy)
 
 
-def predict(spec: RunSpec) -> Prediction:
-    """The ledger of one training step of `spec`, from its configuration alone (no memory is allocated)."""
+def predict(spec: RunSpec, gemm_workspace: dict[str, int] | None = None) -> Prediction:
+    """The ledger of one training step of `spec`: its tensors from the configuration alone (no memory is
+    allocated), and the BLAS workspace as measured, if given.
+
+    gemm_workspace: the BLAS workspace of the output head's products, by moment, as
+    `minift.memory.measure_gemm_workspace(spec)` measures it; None: tensors only (see the module docstring).
+
+    Raises:
+        ValueError: `gemm_workspace` names a moment the step does not have.
+    """
     model = meta_model(spec)
     gpt = model.base_model if isinstance(model, nn.Module) and hasattr(model, "base_model") else model
     cfg, s = spec.model, spec.itemsize
@@ -390,10 +434,10 @@ def predict(spec: RunSpec) -> Prediction:
         else:
             walk.saved.update(inner.saved)
         x = out
-    walk.layer_norm(x, gpt.transformer.ln_f, rows, "ln_f")
+    hidden = walk.layer_norm(x, gpt.transformer.ln_f, rows, "ln_f")  # the head's input
     activations = walk.nbytes
     head_trains = gpt.lm_head.weight.requires_grad
-    loss = _loss(spec, head_trains, x.grad)
+    loss = _loss(spec, head_trains, hidden.grad)
     held = sum(b for _, b in loss.held)
     head_grad = V * C * s if head_trains else 0
     ln_f_grads = nbytes([p for p in gpt.transformer.ln_f.parameters() if p.requires_grad])
@@ -423,19 +467,30 @@ def predict(spec: RunSpec) -> Prediction:
         moments.insert(0, Moment("forward: a checkpointed block", "forward",
                                  {**fixed, "activations": activations, "transient": 9 * dx},
                                  "one block's forward working set (GELU input and output, residual)"))
+    workspace = gemm_workspace or {}
+    unknown = set(workspace) - {m.name for m in moments}
+    if unknown:
+        raise ValueError(f"gemm_workspace names moments this step does not have: {sorted(unknown)}; "
+                         f"its moments: {[m.name for m in moments]}")
     for m in moments:
-        m.bytes = {c: m.bytes.get(c, 0) for c in CATEGORIES}
+        m.bytes = {c: m.bytes.get(c, 0) for c in CATEGORIES} | {"workspace": workspace.get(m.name, 0)}
+    head_rows = min(_fused_linear_chunk_rows(V, s), spec.scored_tokens) if spec.loss == "fused-linear" else spec.scored_tokens
+    head = HeadMatmuls(head_rows, C, V, spec.dtype, weight_grad=head_trains, input_grad=hidden.grad,
+                       fused_linear=spec.loss == "fused-linear")
 
     prediction = Prediction(
         spec=spec,
         trainable_params=sum(p.numel() for p in trainable),
         total_params=sum(p.numel() for p in params),
         sizes=dict(weights_frozen=w_frozen, weights_trainable=w_train, gradients=grads, optimizer_state=state,
-                   activations=activations, loss=held, transient=0),
+                   activations=activations, loss=held, workspace=0, transient=0),
         activation_terms=[(label, t.nbytes) for t, label in walk.saved.items()],
         loss_terms=loss.held,
+        head_matmuls=head,
+        gemm_workspace=gemm_workspace,
         moments=moments,
     )
+    prediction.sizes["workspace"] = prediction.peak.bytes["workspace"]
     prediction.sizes["transient"] = prediction.peak.bytes["transient"]
     return prediction
 

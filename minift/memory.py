@@ -25,15 +25,20 @@ gets its own mmap and is returned on free, so RSS follows the live bytes; `measu
 sets it unless told otherwise. MKL's memory manager is a second cache of the same kind: it keeps
 its GEMM buffers after a matmul (about 5 MiB for the tiny preset, 17 MiB for GPT-2 small, on 2
 cores), which MKL_DISABLE_FAST_MM=1 turns off. The ledger is judged against measurements with both
-settings (`TRACKING_ENV`), where resident memory is the live tensors; a run with neither shows what
-a plain process holds, and `format_ledger` reports the difference after the steps as "runtime caches".
+settings (`TRACKING_ENV`), where resident memory is the live tensors and, while a matrix product
+runs, the BLAS's workspace, which `measure_gemm_workspace` measures for the ledger; a run with
+neither shows what a plain process holds, and `format_ledger` reports the difference after the steps
+as "runtime caches".
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 import weakref
@@ -444,6 +449,89 @@ def measure_with(module: str, function: str, kwargs: dict, tracking_malloc: bool
     return result
 
 
+# ----------------------------------------------------------------------------------------------
+# The BLAS's workspace: memory a step holds that no tensor owns
+
+
+def measure_gemm_workspace(spec, processes: int = 3) -> dict[str, int]:
+    """The BLAS workspace of `spec`'s output-head products, in bytes by moment of the step (for `predict`).
+
+    While a product runs, MKL packs panels of its operands into per-thread buffers and frees them when
+    it returns (minift.ledger's docstring); resident memory sees them, tensors do not. We replay the
+    products of `spec.head_matmuls` alone, in a fresh process under TRACKING_ENV (the same library,
+    threads and settings as `measure`), and take the memory resident at each one's peak beyond its
+    operands and results. The head's products are the ones that matter: its weight (V x C) is the
+    largest matrix of the step, and they run at the moments that decide the peak.
+
+    One process repeats its own figure to within 0.01 MiB, but the figure moves from one process to
+    the next by a few tenths of a MiB (for the tiny model's head, 1.57 to 1.93 MiB in ten processes;
+    we have not pinned down why: how MKL's threads overlap their buffers is one candidate), so we take
+    the median of `processes` fresh processes.
+
+    On a GPU: {} (PyTorch gives cuBLAS its workspace from the caching allocator at the first product,
+    which the warm-up runs, and keeps it, so it is part of the baseline).
+    """
+    from minift.ledger import predict
+
+    if spec.device != "cpu":
+        return {}
+    return _measure_head_workspace(predict(spec).head_matmuls, processes)
+
+
+@functools.lru_cache(maxsize=None)
+def _measure_head_workspace(head, processes: int) -> dict[str, int]:
+    """Probe each distinct set of head products once per Python session (a process costs a second or two)."""
+    runs = [measure_in_subprocess("minift.memory", "_replay_head_matmuls", {"head": dataclasses.asdict(head)}, TRACKING_ENV)
+            for _ in range(processes)]
+    return {moment: int(statistics.median(run[moment] for run in runs)) for moment in runs[0]}
+
+
+def _replay_head_matmuls(head: dict) -> dict[str, int]:
+    """Subprocess entry point: the workspace of each of the head's products, the largest per moment."""
+    import torch.nn.functional as F
+
+    from minift.ledger import DTYPES, HeadMatmuls
+
+    head = HeadMatmuls(**head)
+    dtype = DTYPES[head.dtype]
+    h = torch.randn(head.rows, head.n_embd, dtype=dtype, requires_grad=head.input_grad)
+    weight = torch.randn(head.vocab_size, head.n_embd, dtype=dtype, requires_grad=head.weight_grad)
+    if head.fused_linear:  # the products of kernels.linear_cross_entropy's loop, into its preallocated buffers
+        logits = torch.empty(head.rows, head.vocab_size, dtype=dtype)
+        grad_h, grad_w = torch.empty_like(h), torch.zeros_like(weight)
+        products = [lambda: torch.mm(h, weight.t(), out=logits)]
+        if head.input_grad:
+            products.append(lambda: torch.mm(logits, weight, out=grad_h))
+        if head.weight_grad:
+            products.append(lambda: grad_w.addmm_(logits.t(), h))
+        with torch.no_grad():
+            return {"forward: loss": max(_scratch_bytes(product, into_buffers=True) for product in products)}
+    workspace = {"forward: loss": _scratch_bytes(lambda: F.linear(h, weight))}  # as the model's lm_head runs it
+    inputs = [t for t in (h, weight) if t.requires_grad]
+    if inputs:  # autograd's own backward of the head, so the products have the layouts a step gives them
+        logits = F.linear(h, weight)
+        grad_logits = torch.randn_like(logits)
+        workspace["backward: output head"] = _scratch_bytes(
+            lambda: torch.autograd.grad(logits, inputs, grad_logits, retain_graph=True))
+    return workspace
+
+
+def _scratch_bytes(run: Callable[[], torch.Tensor | tuple[torch.Tensor, ...]], into_buffers: bool = False) -> int:
+    """Resident memory at the peak of `run()` beyond the tensors it returns: its scratch.
+
+    into_buffers: `run` writes into tensors allocated before it (out=, in place); what it returns is not new.
+    The first call is a warm-up (code paths, thread pools, the first touch of `into_buffers`' pages).
+    """
+    run()
+    gc.collect()
+    _trim_heap()
+    base = rss_bytes()
+    reset_peak_rss()
+    out = run()
+    results = () if into_buffers else (out,) if isinstance(out, torch.Tensor) else out
+    return max(0, peak_rss_bytes() - base - storage_bytes(t for t in results if t is not None))
+
+
 def _mib(n: float) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
@@ -463,7 +551,8 @@ def format_ledger(prediction, measured: dict | None = None) -> str:
     ]
     m = measured["categories"] if measured else {}
     for c in CATEGORIES[:-1]:
-        lines.append(f"{LABELS[c]:<34}{_mib(p.sizes[c]):>14}{_mib(m[c]) if c in m else '-':>14}")
+        predicted = "not measured" if c == "workspace" and p.gemm_workspace is None else _mib(p.sizes[c])
+        lines.append(f"{LABELS[c]:<34}{predicted:>14}{_mib(m[c]) if c in m else '-':>14}")
     lines.append(f"{'transient at the peak':<34}{_mib(p.sizes['transient']):>14}{'-':>14}")
     if measured and not measured["device"].startswith("cuda"):
         # What stays resident after the steps beyond the model and the optimizer state: MKL's GEMM
