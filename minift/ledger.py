@@ -301,9 +301,9 @@ class Moment:
 class HeadMatmuls:
     """The output head's matrix products in one step: what `minift.memory.measure_gemm_workspace` replays.
 
-    Without the fused-linear loss: logits = h W^T in the loss's forward; d(h) = d(logits) W and
-    d(W) = d(logits)^T h in the head's backward. With it (kernels.linear_cross_entropy) all three run
-    chunk by chunk inside the loss's forward, `rows` at a time.
+    Without the fused-linear loss: logits = h W^T at the moment "forward: output head"; d(h) =
+    d(logits) W and d(W) = d(logits)^T h at "backward: output head". With it
+    (kernels.linear_cross_entropy) all three run chunk by chunk at "forward: loss", `rows` at a time.
     """
 
     rows: int  # rows of h per product: the N scored tokens, or one chunk of them
@@ -347,6 +347,8 @@ class _Loss:
     backward: int  # transient at its backward peak, beyond `held`
     head_held: int  # what is still held when the output head's backward runs
     head: int  # transient then: d(logits), d(hidden rows)
+    head_forward_held: int = 0  # held while the head's product makes the logits (not with fused-linear)
+    head_forward: int = 0  # transient then: final hidden states, scored rows and targets, the logits
 
 
 def _fused_linear_chunk_rows(V: int, s: int) -> int:
@@ -370,18 +372,22 @@ def _loss(spec: RunSpec, head_trains: bool, hidden_grad: bool) -> _Loss:
         return _Loss(held, hidden + rows_copy + N * 12 + chunk + work, 0, sum(b for _, b in mask), rows_copy)
     saved_rows = [("head input: scored hidden rows (N, C)", rows_copy)] if head_trains else []
     gathered = 0 if head_trains else rows_copy  # alive in the loss's frame when nobody saves it
+    before_head = sum(b for _, b in mask + saved_rows)
+    head_forward = hidden + gathered + N * 8 + N * V * s  # the targets (N,) int64 are gathered with the rows
     if spec.loss == "torch":
         held = mask + saved_rows + [("log-softmax (N, V) fp32", N * V * 4), ("targets (N,) int64", N * 8), ("total weight", 4)]
         upcast = N * V * s if s != 4 else 0  # d(logits) rounded back to the model's dtype
         return _Loss(held,
                      forward=hidden + gathered + N * V * 4,  # the fp32 logits beside the log-softmax being written
                      backward=2 * N * V * 4,  # d(log-softmax) and d(logits) beside the saved log-softmax
-                     head_held=sum(b for _, b in mask + saved_rows) + N * 8 + 4,
-                     head=max(N * V * 4 + upcast, N * V * s + rows_copy))
+                     head_held=before_head + N * 8 + 4,
+                     head=max(N * V * 4 + upcast, N * V * s + rows_copy),
+                     head_forward_held=before_head, head_forward=head_forward)
     held = mask + saved_rows + [("gradient written over the logits (N, V)", N * V * s)]
     work = min(N, max(1, FUSED_REFERENCE_CHUNK_BYTES // (V * 4))) * V * 4 if s != 4 else 0  # fp32 rows of the reference
     return _Loss(held, forward=hidden + gathered + N * 12 + work, backward=0,
-                 head_held=sum(b for _, b in mask + saved_rows), head=N * V * s + rows_copy)
+                 head_held=before_head, head=N * V * s + rows_copy,
+                 head_forward_held=before_head, head_forward=head_forward)
 
 
 def predict(spec: RunSpec, gemm_workspace: dict[str, int] | None = None) -> Prediction:
@@ -463,6 +469,11 @@ def predict(spec: RunSpec, gemm_workspace: dict[str, int] | None = None) -> Pred
                "the embedding lookup's dense gradient (V, C) and d(embeddings)" if embedding_grad else "d(embeddings)"),
         Moment("optimizer step", "optimizer", {**fixed, "gradients": grads, "transient": optimizer_temp}, optimizer_label),
     ]
+    if spec.loss != "fused-linear":  # the head's product, logits = h W^T, runs before the loss's own forward
+        moments.insert(0, Moment("forward: output head", "forward",
+                                 {**fixed, "activations": activations, "loss": loss.head_forward_held,
+                                  "transient": loss.head_forward},
+                                 "the logits being written, the final hidden states and the scored rows"))
     if spec.activation_checkpointing:
         moments.insert(0, Moment("forward: a checkpointed block", "forward",
                                  {**fixed, "activations": activations, "transient": 9 * dx},

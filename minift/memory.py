@@ -466,7 +466,8 @@ def measure_gemm_workspace(spec, processes: int = 3) -> dict[str, int]:
     One process repeats its own figure to within 0.01 MiB, but the figure moves from one process to
     the next by a few tenths of a MiB (for the tiny model's head, 1.57 to 1.93 MiB in ten processes;
     we have not pinned down why: how MKL's threads overlap their buffers is one candidate), so we take
-    the median of `processes` fresh processes.
+    the median of `processes` fresh processes. Measure on a quiet machine: with the cores busy with
+    other work MKL's threads stop overlapping, and the tiny head's workspace reads 0.95 MiB, not 1.9.
 
     On a GPU: {} (PyTorch gives cuBLAS its workspace from the caching allocator at the first product,
     which the warm-up runs, and keeps it, so it is part of the baseline).
@@ -506,7 +507,7 @@ def _replay_head_matmuls(head: dict) -> dict[str, int]:
             products.append(lambda: grad_w.addmm_(logits.t(), h))
         with torch.no_grad():
             return {"forward: loss": max(_scratch_bytes(product, into_buffers=True) for product in products)}
-    workspace = {"forward: loss": _scratch_bytes(lambda: F.linear(h, weight))}  # as the model's lm_head runs it
+    workspace = {"forward: output head": _scratch_bytes(lambda: F.linear(h, weight))}  # as the model's lm_head runs it
     inputs = [t for t in (h, weight) if t.requires_grad]
     if inputs:  # autograd's own backward of the head, so the products have the layouts a step gives them
         logits = F.linear(h, weight)

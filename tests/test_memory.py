@@ -182,12 +182,13 @@ def test_fused_linear_head_products_run_one_chunk_of_rows_at_a_time():
 
 def test_gemm_workspace_adds_to_the_moments_it_names():
     spec = _spec(LoraConfig(rank=4), loss="fused")
-    alone, with_workspace = predict(spec), predict(spec, {"forward: loss": 2**30, "backward: output head": 7})
+    workspace = {"forward: output head": 2**30, "backward: output head": 7}
+    alone, with_workspace = predict(spec), predict(spec, workspace)
     assert alone.gemm_workspace is None and alone.sizes["workspace"] == 0
     for a, w in zip(alone.moments, with_workspace.moments):
-        added = {"forward: loss": 2**30, "backward: output head": 7}.get(a.name, 0)
+        added = workspace.get(a.name, 0)
         assert w.total == a.total + added and w.bytes["workspace"] == added, a.name
-    assert with_workspace.peak.name == "forward: loss" and with_workspace.sizes["workspace"] == 2**30
+    assert with_workspace.peak.name == "forward: output head" and with_workspace.sizes["workspace"] == 2**30
     with pytest.raises(ValueError, match="'forward: head'.*its moments"):
         predict(spec, {"forward: head": 1})
 
@@ -208,7 +209,7 @@ def test_workspace_probe_measures_each_moment_of_the_head():
     spec = RunSpec(dataclasses.replace(SMALL, vocab_size=2048, n_embd=128, n_head=4), None, loss="fused", batch_size=1,
                    seq_len=64)
     workspace = measure_gemm_workspace(spec)
-    assert set(workspace) == {"forward: loss", "backward: output head"}
+    assert set(workspace) == {"forward: output head", "backward: output head"}
     assert all(0 <= b < 64 * 2**20 for b in workspace.values())  # scratch, far below the operands' own 1 MiB x 64
     assert measure_gemm_workspace(RunSpec(spec.model, loss="fused-linear", batch_size=1, seq_len=64)).keys() == {"forward: loss"}
     assert measure_gemm_workspace(dataclasses.replace(spec, device="cuda")) == {}  # cuBLAS's is in the baseline
