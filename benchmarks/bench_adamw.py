@@ -33,9 +33,9 @@ import time
 import torch
 
 from benchmarks.common import RESULTS, device_name, device_slug, peak_bandwidth, write_results
-from kernels.adamw import FusedAdamW
+from minift.kernels import FusedAdamW
 from minift.memory import measure_in_subprocess, peak_rss_bytes, reset_peak_rss, rss_bytes
-from minift.plots import pyplot, save_figure
+from minift._plots import pyplot, save_figure
 
 BYTES_PER_ELEMENT = 4 * 4 + 3 * 4  # fp32: read p, g, m, v (16 B), write p, m, v (12 B)
 # "minift" runs the Triton kernel on a GPU and the PyTorch reference on a CPU (kernels/_backend.py).

@@ -28,10 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import RESULTS, device_name, device_slug, peak_bandwidth, write_results
-from kernels.cross_entropy import cross_entropy
-from kernels.linear_cross_entropy import linear_cross_entropy
+from minift.kernels import cross_entropy, linear_cross_entropy
 from minift.memory import measure_in_subprocess, peak_rss_bytes, reset_peak_rss, rss_bytes
-from minift.plots import pyplot, save_figure
+from minift._plots import pyplot, save_figure
 
 FULL = {"n": 8192, "h": 768, "v": 50257}  # GPT-2 small's head over 8 sequences of 1024 tokens
 QUICK = {"n": 2048, "h": 256, "v": 8192}

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import platform
 from pathlib import Path
 
 import torch
+
+from minift._files import write_table
 
 RESULTS = Path(__file__).parent / "results"
 # Peak HBM bandwidth, bytes/s, from vendors' data sheets; matched against the device name in order
@@ -52,12 +52,4 @@ def device_slug(device: str | torch.device = "cpu") -> str:
 
 def write_results(name: str, rows: list[dict], meta: dict, out_dir: Path = RESULTS) -> tuple[Path, Path]:
     """Write `rows` (one dict per measurement) as `<name>.json` (with `meta`) and `<name>.csv`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, csv_path = out_dir / f"{name}.json", out_dir / f"{name}.csv"
-    json_path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    return json_path, csv_path
+    return write_table(out_dir, name, rows, {"meta": meta})

@@ -4,8 +4,8 @@
     python -m benchmarks.memory_vs_params --quick    # tiny preset + a few GPT-2 small rows, minutes
     python -m benchmarks.memory_vs_params --sizes gpt2-medium --tag gpt2-medium   # one size, its own files
 
-What is measured. A step is minift.train's: forward and loss (minift.train's default on the device:
-kernels.cross_entropy's reference on CPU, the fused linear cross-entropy on CUDA, unless a row names
+What is measured. A step is minift.training's: forward and loss (minift.training's default on the device:
+minift.kernels.cross_entropy's reference on CPU, the fused linear cross-entropy on CUDA, unless a row names
 another), backward, clip the gradient norm to 1,
 optimizer step, zero_grad(set_to_none=True); its peak is taken over two steps (the first creates the
 optimizer state). Every configuration runs in a fresh process (minift.memory.measure_in_subprocess)
@@ -18,7 +18,7 @@ instrumented step, for minift and the peer alike (minift.memory.measure_step).
 The peer: transformers' GPT2LMHeadModel built from the same configuration (random weights, dropout 0,
 SDPA attention, tied head), with peft's LoRA (fan_in_fan_out for GPT-2's Conv1D) or prompt tuning, or
 the same selected parameters; torch.optim.AdamW with the same two parameter groups
-(minift.train.build_optimizer); the loss from `model(input_ids, labels=labels).loss`, the output
+(minift.training.build_optimizer); the loss from `model(input_ids, labels=labels).loss`, the output
 object dropped before backward as transformers' Trainer does; the same batch and labels. With
 activation checkpointing, gradient_checkpointing_enable(use_reentrant=False).
 
@@ -32,7 +32,7 @@ MKL_DISABLE_FAST_MM=1 (minift.memory.TRACKING_ENV: resident memory follows the l
 BLAS's workspace while a product runs); the default allocators' figures are reported beside them for
 a subset, minift and peer always under the same setting.
 
-Predicted: the ledger (minift.ledger.predict) with the BLAS workspace of the output head's products
+Predicted: the ledger (minift.memory.predict) with the BLAS workspace of the output head's products
 measured by minift.memory.measure_gemm_workspace (its own fresh process); the error of the tensors
 alone (no workspace) is reported beside it. Results: benchmarks/results/memory_vs_params_<device>[_quick].{json,csv} and three PNGs.
 """
@@ -48,11 +48,11 @@ import time
 import torch
 
 from benchmarks.common import RESULTS, device_name, device_slug, write_results
-from minift.ledger import DTYPES, RunSpec, model_config, predict
-from minift.memory import StepParts, measure_gemm_workspace, measure_step, measure_with
-from minift.peft import LoraConfig, PromptTuningConfig, SelectiveConfig
-from minift.plots import pyplot, save_figure
-from minift.train import default_loss
+from minift._plots import pyplot, save_figure
+from minift.memory import CATEGORIES, DTYPES, LABELS, RunSpec, StepParts, measure_gemm_workspace, measure_step, model_config, predict
+from minift.memory.probes import measure_with
+from minift.peft import LoraConfig, PromptTuningConfig, SelectiveConfig, selected_parameters
+from minift.training import TrainConfig, build_optimizer, default_loss
 
 BATCH, SEQ = 4, 256
 C_ATTN_RANKS = (1, 4, 8, 16, 64, 256)
@@ -69,11 +69,8 @@ TARGETS = {"full": 0.8, "LoRA r=8 c_attn": 0.7, "LoRA r=8 c_attn, fused-linear +
 
 def build_peer_step(spec: RunSpec, tiny: bool = False) -> StepParts:
     """The same step as minift.memory.build_minift_step, in transformers + peft (see the module docstring)."""
-    import peft
+    import peft  # the peer is needed for its rows only: an optional dependency (the test extra)
     from transformers import GPT2Config, GPT2LMHeadModel
-
-    from minift.peft import selected_parameters
-    from minift.train import TrainConfig, build_optimizer
 
     cfg, B, T, k = spec.model, spec.batch_size, spec.seq_len, spec.completion_tokens
     if tiny:
@@ -100,7 +97,8 @@ def build_peer_step(spec: RunSpec, tiny: bool = False) -> StepParts:
         for name, p in model.named_parameters():
             p.requires_grad_(name in chosen)
     model.train()
-    optimizer = build_optimizer(model, "adamw", TrainConfig())  # torch AdamW, the same two groups
+    defaults = TrainConfig()
+    optimizer = build_optimizer(model, "adamw", defaults.lr, defaults.betas, defaults.weight_decay)  # torch AdamW, the same two groups
     ids = torch.randint(0, cfg.vocab_size, (B, T), device=spec.device)
     labels = ids.clone()
     if k is not None:
@@ -112,29 +110,8 @@ def build_peer_step(spec: RunSpec, tiny: bool = False) -> StepParts:
     return StepParts(model, optimizer, forward)
 
 
-def _fused_losses_from_their_modules() -> None:
-    """Until kernels/__init__.py exports cross_entropy and linear_cross_entropy (being finished), bind
-    them from their modules, where minift.train.CompletionLoss's `from kernels import ...` finds them.
-    Does nothing once the package exports them. To be removed then."""
-    import kernels
-    import kernels.cross_entropy
-    import kernels.linear_cross_entropy
-
-    for name in ("cross_entropy", "linear_cross_entropy"):
-        if not callable(getattr(kernels, name)):  # the submodule, not the function
-            setattr(kernels, name, getattr(sys.modules[f"kernels.{name}"], name))
-
-
-def _measure_minift(spec: dict, steps: int = 2) -> dict:
-    """Subprocess entry point for minift (minift.memory._measure_spec, with the fused losses bound)."""
-    from minift.memory import _measure_spec
-
-    _fused_losses_from_their_modules()
-    return _measure_spec(spec, steps)
-
-
 def measure_minift(spec: RunSpec, tracking_malloc: bool = True) -> dict:
-    return measure_with("benchmarks.memory_vs_params", "_measure_minift", {"spec": spec.to_dict()}, tracking_malloc)
+    return measure_with("minift.memory.step", "_measure_spec", {"spec": spec.to_dict()}, tracking_malloc)
 
 
 def _measure_peer(spec: dict, steps: int = 2) -> dict:
@@ -363,7 +340,6 @@ def plot_params(rows: list[dict], path) -> None:
 
 def plot_ledger(rows: list[dict], path, size: str) -> None:
     plt = pyplot()
-    from minift.ledger import CATEGORIES, LABELS
 
     ours = [r for r in rows if r["impl"] == "minift" and r["model"] == size and r["allocator"].startswith("tracking")
             and not r["sweep"] and r["labels"] == "lm" and (r["rank"] in (None, 8))]

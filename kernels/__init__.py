@@ -1,12 +1,17 @@
-"""Triton kernels for fine-tuning, each beside a PyTorch reference.
+"""Triton kernels for fine-tuning, each beside a PyTorch reference with the same contract.
 
-Usable on its own: nothing here imports `minift`.
+Installed as `minift.kernels` (the folder is `kernels/` in the repository): a name no other PyPI
+project owns. Usable on its own: nothing here imports the rest of minift.
+
+- `cross_entropy`: fused softmax cross-entropy whose gradient is written over the logits;
+- `linear_cross_entropy`: the output head and the loss in one op, chunk by chunk;
+- `FusedAdamW`: AdamW in one pass over parameters, gradients and moments.
 """
 
-from kernels._backend import BACKENDS, interpreter_enabled, select_backend, triton_available
-from kernels.adamw import FusedAdamW
-from kernels.cross_entropy import CrossEntropyFunction, cross_entropy
-from kernels.linear_cross_entropy import LinearCrossEntropyFunction, linear_cross_entropy
+from ._backend import BACKENDS, interpreter_enabled, select_backend, triton_available
+from .fused_adamw import FusedAdamW
+from .fused_cross_entropy import CrossEntropyFunction, cross_entropy
+from .fused_linear_cross_entropy import LinearCrossEntropyFunction, linear_cross_entropy
 
 __all__ = [
     "BACKENDS", "CrossEntropyFunction", "FusedAdamW", "LinearCrossEntropyFunction", "cross_entropy",

@@ -1,12 +1,12 @@
 """Which implementation runs an op: the compiled Triton kernel, Triton's interpreter, or PyTorch.
 
-The rule (ARCHITECTURE.md, "Kernels"): the tensor's device chooses.
+The rule (docs/architecture.md, "Kernels"): the tensor's device chooses.
 - CUDA tensor, triton installed           -> the compiled Triton kernel;
 - CPU tensor, TRITON_INTERPRET=1 was set   -> the same Triton kernel, run by Triton's interpreter
   (slow, but it is how tests check the kernels on a machine without a GPU);
 - otherwise                                -> the PyTorch reference.
 A `backend="triton"` or `backend="torch"` argument overrides the choice. Triton is imported lazily,
-so `import kernels` works where triton is not installed (macOS, Windows); then everything runs on
+so `import minift.kernels` works where triton is not installed (macOS, Windows); then everything runs on
 the reference, and we say so once.
 """
 

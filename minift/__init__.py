@@ -1,8 +1,10 @@
 """minift: learn how large language models are fine-tuned, by running the code.
 
-The pieces, in the order data flows through them:
+The pieces, in the order data flows through them (each stage is a subpackage; docs/architecture.md):
 
     records -> templates -> tokenizer -> batches -> model (+ PEFT) -> loss -> optimizer -> evaluation
+    data       data         tokenizer    data       model, peft        training             evaluation
+                                                                        (kernels)            memory, recipes
 
     from minift import load_model, finetune, FinetuneConfig, LoraConfig
     model, tokenizer = load_model()                 # the built-in tiny base model
@@ -11,70 +13,96 @@ The pieces, in the order data flows through them:
 
 __version__ = "0.1.0"
 
-from minift.adapters import load_adapter, load_trainable, save_adapter, save_trainable, saved_sizes
-from minift.checkpoint import BUILTIN_BASE, load_gpt2, load_model, save_gpt2, save_model
+# the tokenizer and the model
+from minift.tokenizer import Tokenizer
+from minift.model import BUILTIN_BASE, GPT, GPTConfig, KVCache, generate, load_gpt2, load_model, save_gpt2, save_model
+
+# data: records, templates, tokens, batches, few-shot prompts
 from minift.data import (
+    ALPACA_FORMAT,
+    ALPACA_TEMPLATE,
     TASKS,
     Batches,
     CorpusConfig,
+    InstructionFormat,
     MixtureBatches,
+    PromptTemplate,
+    TaskData,
+    TemplateLibrary,
     TokenizedExample,
     collate,
     few_shot_prompt,
     generate_corpus,
     get_task,
     load_records,
+    load_task_data,
     split_records,
     tokenize_examples,
 )
-from minift.compare import CompareConfig, compare
-from minift.evaluate import EvalResult, evaluate, evaluate_task
-from minift.experiments import ExperimentConfig
-from minift.finetune import FinetuneConfig, default_train_config, finetune
-from minift.generate import generate
-from minift.ledger import Prediction, RunSpec
-from minift.ledger import predict as predict_memory
-from minift.lora import (
-    LoRALinear,
-    active_adapter,
-    adapter_names,
-    apply_lora,
-    delete_adapter,
-    disable_adapters,
-    merge_adapter,
-    merge_and_unload,
-    set_adapter,
-    unload,
-    unmerge_adapter,
-)
-from minift.memory import measure as measure_memory
-from minift.metrics import exact_match, rouge_l
-from minift.model import GPT, GPTConfig, KVCache
+
+# parameter-efficient fine-tuning
 from minift.peft import (
+    METHODS,
+    LoRALinear,
     LoraConfig,
     PromptTuningConfig,
     PromptTuningModel,
     SelectiveConfig,
+    active_adapter,
+    adapter_names,
+    apply_lora,
     apply_peft,
+    delete_adapter,
+    disable_adapters,
     format_trainable_parameters,
+    load_adapter,
+    load_trainable,
+    merge_adapter,
+    merge_and_unload,
+    save_adapter,
+    save_trainable,
+    saved_sizes,
+    set_adapter,
     trainable_parameters,
+    unload,
+    unmerge_adapter,
 )
-from minift.pretrain import PretrainConfig, pretrain
-from minift.tasks_data import TaskData, load_task_data
-from minift.templates import ALPACA_FORMAT, ALPACA_TEMPLATE, InstructionFormat, PromptTemplate, TemplateLibrary
-from minift.tokenizer import Tokenizer
-from minift.train import TrainConfig, TrainingDiverged, train
+
+# evaluation
+from minift.evaluation import EvalResult, evaluate, evaluate_task, exact_match, rouge_l
+
+# training
+from minift.training import LOSSES, OPTIMIZERS, TrainConfig, TrainingDiverged, train
+
+# the memory ledger
+from minift.memory import Prediction, RunSpec, format_ledger
+from minift.memory import measure as measure_memory
+from minift.memory import predict as predict_memory
+
+# recipes
+from minift.recipes import (
+    CompareConfig,
+    ExperimentConfig,
+    FinetuneConfig,
+    PretrainConfig,
+    compare,
+    default_train_config,
+    finetune,
+    pretrain,
+    run_experiments,
+)
 
 __all__ = [
-    "ALPACA_FORMAT", "ALPACA_TEMPLATE", "BUILTIN_BASE", "Batches", "CompareConfig", "CorpusConfig", "EvalResult",
-    "ExperimentConfig", "FinetuneConfig", "GPT", "GPTConfig", "InstructionFormat", "KVCache", "LoRALinear",
-    "LoraConfig", "MixtureBatches", "Prediction", "PretrainConfig", "PromptTemplate", "PromptTuningConfig",
-    "PromptTuningModel", "RunSpec", "SelectiveConfig", "TASKS", "TaskData", "TemplateLibrary", "TokenizedExample",
-    "Tokenizer", "TrainConfig", "TrainingDiverged", "__version__", "active_adapter", "adapter_names", "apply_lora",
-    "apply_peft", "collate", "compare", "default_train_config", "delete_adapter", "disable_adapters", "evaluate",
-    "evaluate_task", "exact_match", "few_shot_prompt", "finetune", "format_trainable_parameters", "generate",
-    "generate_corpus", "get_task", "load_adapter", "load_gpt2", "load_model", "load_records", "load_task_data",
-    "load_trainable", "measure_memory", "merge_adapter", "merge_and_unload", "predict_memory", "pretrain", "rouge_l",
-    "save_adapter", "save_gpt2", "save_model", "save_trainable", "saved_sizes", "set_adapter", "split_records",
-    "tokenize_examples", "train", "trainable_parameters", "unload", "unmerge_adapter",
+    "ALPACA_FORMAT", "ALPACA_TEMPLATE", "BUILTIN_BASE", "LOSSES", "METHODS", "OPTIMIZERS", "TASKS",
+    "Batches", "CompareConfig", "CorpusConfig", "EvalResult", "ExperimentConfig", "FinetuneConfig", "GPT",
+    "GPTConfig", "InstructionFormat", "KVCache", "LoRALinear", "LoraConfig", "MixtureBatches", "Prediction",
+    "PretrainConfig", "PromptTemplate", "PromptTuningConfig", "PromptTuningModel", "RunSpec", "SelectiveConfig",
+    "TaskData", "TemplateLibrary", "TokenizedExample", "Tokenizer", "TrainConfig", "TrainingDiverged",
+    "__version__", "active_adapter", "adapter_names", "apply_lora", "apply_peft", "collate", "compare",
+    "default_train_config", "delete_adapter", "disable_adapters", "evaluate", "evaluate_task", "exact_match",
+    "few_shot_prompt", "finetune", "format_ledger", "format_trainable_parameters", "generate", "generate_corpus",
+    "get_task", "load_adapter", "load_gpt2", "load_model", "load_records", "load_task_data", "load_trainable",
+    "measure_memory", "merge_adapter", "merge_and_unload", "predict_memory", "pretrain", "rouge_l",
+    "run_experiments", "save_adapter", "save_gpt2", "save_model", "save_trainable", "saved_sizes", "set_adapter",
+    "split_records", "tokenize_examples", "train", "trainable_parameters", "unload", "unmerge_adapter",
 ]

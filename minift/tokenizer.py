@@ -20,10 +20,13 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from minift.files import atomic_write
+from minift._files import atomic_write
 
 EOT = "<|endoftext|>"
 PAD = "<|pad|>"
+# What to do with a sequence too long for the context: refuse it, naming the lengths, or cut its start.
+# The one list: tokenisation of examples (minift.data) and generation's prompts (minift.model) both use it.
+TRUNCATIONS = ("error", "left")
 
 
 class Tokenizer:

@@ -80,7 +80,7 @@ def tiny_gpt(tiny_tokenizer):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_tokenizer, tmp_path_factory):
     """A checkpoint directory (config.json, model.safetensors, tokenizer.json) of a random tiny GPT."""
-    from minift.checkpoint import save_model
+    from minift.model import save_model
     from minift.model import GPT, GPTConfig
 
     torch.manual_seed(0)

@@ -38,7 +38,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from minift.data import texts
+import minift.data.texts as texts
 from minift.data.world import DAYS, PLACES, WORLD, World
 
 _RATINGS = (

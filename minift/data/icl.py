@@ -27,8 +27,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from minift.data.dataset import ContextLengthError
-from minift.templates import ALPACA_FORMAT, Example, InstructionFormat
+from minift.data.templates import ALPACA_FORMAT, Example, InstructionFormat
+from minift.data.tokenized import ContextLengthError
 from minift.tokenizer import Tokenizer
 
 SHOT_SEPARATOR = "\n\n"  # after each shot's completion

@@ -4,7 +4,7 @@ Nothing is dropped silently. A line that is not a JSON object, a CSV row with th
 fields, a record without a required field, or a file with no records is an error naming the file
 and line. Blank lines of a JSONL file are not records and are skipped.
 
-An Alpaca-style file (`instruction`, `input`, `output`) renders with `minift.templates.ALPACA_TEMPLATE`;
+An Alpaca-style file (`instruction`, `input`, `output`) renders with `minift.data.templates.ALPACA_TEMPLATE`;
 any other file with a template you write, e.g. a CSV of reviews with
 `PromptTemplate("mine", "Rate this review:\\n{{text}}", "{{rating}}")`.
 """

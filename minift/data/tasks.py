@@ -20,9 +20,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from minift.data import texts
+import minift.data.texts as texts
 from minift.data.world import WORLD, World
-from minift.templates import PromptTemplate, TemplateLibrary
+from minift.data.templates import PromptTemplate, TemplateLibrary
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Task:
     answer_field: str  # the field every template's completion renders
     label_field: str | None  # splits are stratified by it; None for generative tasks
     chance_accuracy: float  # exact match of a uniform guess over the possible answers
-    metrics: tuple[str, ...]  # names in minift.metrics.METRICS
+    metrics: tuple[str, ...]  # what evaluation reports besides loss: "exact_match", "rouge_l" (minift.evaluation)
 
 
 def _distinct(task: str, n: int, seed: int, make: Callable[[random.Random], dict], key: tuple[str, ...]) -> list[dict]:

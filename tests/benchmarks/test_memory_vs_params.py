@@ -5,11 +5,10 @@ trains the same parameters with the same optimizer as minift's."""
 import pytest
 
 from benchmarks.memory_vs_params import _add_ratios, build_peer_step, configs, targets_report
-from minift.ledger import RunSpec
-from minift.memory import build_minift_step, measure_categories
+from minift.memory import RunSpec, build_minift_step, measure_categories
 from minift.model import GPTConfig
 from minift.peft import LoraConfig, PromptTuningConfig, SelectiveConfig
-from minift.train import default_loss
+from minift.training import default_loss
 
 TRACKING = "tracking (MALLOC_MMAP_THRESHOLD_=65536, MKL_DISABLE_FAST_MM=1)"
 

@@ -2,8 +2,15 @@ import re
 
 import pytest
 
-from minift.data import ContextLengthError, choose_shots, few_shot_prompt, few_shot_text, get_task
-from minift.templates import ALPACA_FORMAT, Example
+from minift.data import (
+    ALPACA_FORMAT,
+    ContextLengthError,
+    Example,
+    choose_shots,
+    few_shot_prompt,
+    few_shot_text,
+    get_task,
+)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,16 @@ import re
 
 import pytest
 
-from minift.data import DataFileError, load_alpaca, load_csv, load_jsonl, load_records
-from minift.templates import ALPACA_TEMPLATE, PromptTemplate, TemplateLibrary
+from minift.data import (
+    ALPACA_TEMPLATE,
+    DataFileError,
+    PromptTemplate,
+    TemplateLibrary,
+    load_alpaca,
+    load_csv,
+    load_jsonl,
+    load_records,
+)
 
 
 def write(path, text):

@@ -3,10 +3,8 @@ import re
 
 import pytest
 
-from minift.data import TASKS, WORLD, get_task
-from minift.data import texts
+from minift.data import TASKS, WORLD, get_task, texts
 from minift.data.tasks import _distinct, qa_chance
-from minift.metrics import METRICS
 
 N = 300
 
@@ -58,7 +56,7 @@ def test_at_least_three_templates_and_all_render_the_canonical_answer(task, reco
 
 def test_task_metadata(task):
     assert 0 <= task.chance_accuracy < 1
-    assert "exact_match" in task.metrics and set(task.metrics) <= set(METRICS)
+    assert "exact_match" in task.metrics and set(task.metrics) <= {"exact_match", "rouge_l"}  # what minift.evaluation reports
     assert task.description
 
 

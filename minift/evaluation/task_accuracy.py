@@ -1,0 +1,56 @@
+"""Accuracy on the test split of a task, zero-shot or with solved examples in the prompt (in-context learning).
+
+A fine-tuned model is scored on its instruction format alone (zero-shot); a base model, which never
+saw that format, is prompted with `shots` solved examples first (`minift.data.few_shot_prompt`), the
+shots drawn from the task's training split, never from the test split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from minift.data import IGNORE_INDEX, Example, TokenizedExample, choose_shots, few_shot_prompt, load_task_data
+from minift.evaluation.accuracy import evaluate, rouge_scores
+
+
+def few_shot_examples(tokenizer, queries: Sequence[Example], pool: Sequence[Example], shots: int, max_length: int,
+                      seed: int = 0, score_end: bool = True) -> tuple[list[TokenizedExample], float]:
+    """Each query as a k-shot prompt (shots drawn from `pool` per query) + its completion, tokenized.
+
+    With `score_end=False` the end-of-text after the answer is not scored (see `evaluate_task`).
+    Returns the examples and the mean number of context tokens the shots take.
+    """
+    examples, shot_tokens = [], 0
+    for i, query in enumerate(queries):
+        prompt = few_shot_prompt(tokenizer, query, choose_shots(pool, shots, seed=seed * 1_000_003 + i), max_length)
+        target = prompt.completion_ids if score_end else prompt.answer_ids
+        labels = [IGNORE_INDEX] * len(prompt.input_ids) + target
+        examples.append(TokenizedExample(prompt.input_ids + target, labels, len(prompt.input_ids), 0))
+        shot_tokens += prompt.n_shot_tokens
+    return examples, shot_tokens / max(len(queries), 1)
+
+
+def evaluate_task(model, tokenizer, task: str, n: int = 400, shots: int = 0, seed: int = 0, batch_size: int = 16,
+                  score_end: bool = True) -> dict:
+    """Accuracy of `model` on the test split of a built-in task, zero-shot or with `shots` examples.
+
+    The test split is the one fine-tuning runs are scored on (minift.data.task_data: a fixed pool per
+    task and seed); shots come from the task's training split, never from the test split.
+
+    score_end: also require end-of-text right after the answer. An instruction-tuned model learned
+    to stop there; a base model never did (in its corpus, end-of-text separates documents), so for
+    base models under few-shot prompting pass False: the answer tokens alone are scored.
+    """
+    data = load_task_data(task, tokenizer, model.config.block_size, n_val=0, n_test=n, seed=seed, tokenize=("test",))
+    examples, shot_tokens = data.test, 0.0
+    if shots or not score_end:
+        examples, shot_tokens = few_shot_examples(tokenizer, data.rendered["test"], data.rendered["train"], shots,
+                                                  model.config.block_size, seed, score_end)
+    result = evaluate(model, examples, tokenizer.pad_id, batch_size)
+    record = {"task": task, "shots": shots, "n": result.n_examples, "n_tokens": result.n_tokens,
+              "accuracy": result.accuracy, "loss": result.loss,
+              "chance_accuracy": data.chance_accuracy, "shot_tokens": shot_tokens,
+              "shot_fraction": shot_tokens / model.config.block_size, "score_end": score_end}
+    if "rouge_l" in data.metrics:
+        record["rouge_l"] = rouge_scores(model, tokenizer, examples, batch_size)
+    return record

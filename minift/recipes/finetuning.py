@@ -1,0 +1,146 @@
+"""Instruction fine-tuning, end to end: base model -> method -> data -> training loop -> test accuracy.
+
+    result = finetune(FinetuneConfig(task="reviews", method="lora", peft=LoraConfig(rank=8)))
+
+loads the base model (the built-in tiny one, or any GPT-2 checkpoint directory), prepares it for the
+method (full fine-tuning trains every weight; the PEFT methods freeze the base and add or select a
+few parameters), trains on the task's training split with validation during training, then
+evaluates the best checkpoint on the test split. It writes into `out_dir`:
+
+    model/ or adapter/   the instruct model (full) or only the trained part (PEFT)
+    result.json          configuration, parameter counts, sizes, accuracies, timings
+    metrics.jsonl, curves.png, snapshots/, best/   from the training loop
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from minift._files import claim_outputs, write_json
+from minift.data import Batches, MixtureBatches, load_task_data
+from minift.evaluation import evaluate, rouge_scores
+from minift.model import load_model, save_model
+from minift.peft import METHODS, PeftConfig, apply_peft, check_method, save_trainable, trainable_parameters
+from minift.training import RUN_FILES, TrainConfig, train
+
+# Peak learning rates per method for the tiny base model on the built-in tasks, picked from short
+# trial runs (`--lr` overrides them): few trainable parameters tolerate, and need, larger steps.
+DEFAULT_LR = {"full": 1e-3, "lora": 3e-3, "prompt-tuning": 3e-2, "selective": 2e-3}
+assert set(DEFAULT_LR) == set(METHODS), "a learning rate for every method"
+
+
+@dataclass
+class FinetuneConfig:
+    task: str | tuple[str, ...] = "reviews"  # a built-in task (reviews, arithmetic, qa, summarize) or a .jsonl/.csv file; several: multi-task
+    templates: str | None = None  # for a file: a template-library JSON (default: Alpaca instruction/input/output)
+    method: str = "full"  # full, lora, prompt-tuning or selective
+    peft: PeftConfig | None = None  # None: the method's defaults
+    base: str | None = None  # a base checkpoint directory; None: the built-in tiny base model
+    n_train: int | None = 800  # training examples (None: the whole split)
+    n_val: int | None = 100  # validation examples (None: the whole split)
+    n_test: int | None = 400  # test examples (None: the whole split)
+    max_length: int | None = None  # None: the model's context length
+    truncation: str = "error"  # a too-long example: error, or left (cut the prompt from the left)
+    seed: int = 0  # the split, the templates' choice, the data order and the initialisation
+    train: TrainConfig | None = None  # None: default_train_config(method), writing to runs/finetune-TASK-METHOD
+
+    def __post_init__(self):
+        self.peft = check_method(self.method, self.peft)
+        if not isinstance(self.task, str):  # a list (JSON, the command line); one task is a plain name
+            self.task = self.task[0] if len(self.task) == 1 else tuple(self.task)
+        if self.train is None:
+            tasks = [self.task] if isinstance(self.task, str) else list(self.task)
+            out = f"runs/finetune-{'+'.join(Path(t).stem for t in tasks)}-{self.method}"
+            self.train = default_train_config(self.method, out_dir=out, seed=self.seed)
+
+
+def default_train_config(method: str, **overrides) -> TrainConfig:
+    """The training configuration minift uses for a method unless told otherwise: its peak learning rate."""
+    if method not in DEFAULT_LR:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return TrainConfig(**{"lr": DEFAULT_LR[method], **overrides})
+
+
+def finetune(config: FinetuneConfig) -> dict:
+    """Fine-tune, evaluate on the test split(s), save; return the record also written to result.json.
+
+    With several tasks (multi-task instruction tuning) every batch mixes the tasks in proportion to
+    their training sets (`MixtureBatches`), validation pools all tasks, and the test accuracy is
+    reported per task and as the mean over tasks.
+    """
+    t0 = time.perf_counter()
+    t = config.train
+    claim_outputs(t.out_dir, ("model", "adapter", "result.json", *RUN_FILES), t.overwrite, t.resume, resumable=True)
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_model(config.base)
+    if config.method != "full":
+        model = apply_peft(model, config.peft)
+    # after apply_peft: prompt tuning's virtual tokens take part of the context
+    tasks = [config.task] if isinstance(config.task, str) else list(config.task)
+    data = {
+        d.name: d
+        for d in (load_task_data(t, tokenizer, config.max_length or model.config.block_size, config.n_train, config.n_val,
+                                 config.n_test, config.seed, config.templates, config.truncation) for t in tasks)
+    }
+    trainable, total = trainable_parameters(model)
+    if len(data) == 1:
+        batches = Batches(next(iter(data.values())).train, config.train.batch_size, tokenizer.pad_id, seed=config.seed)
+    else:
+        sources = {name: d.train for name, d in data.items()}
+        batches = MixtureBatches(sources, {name: len(ex) for name, ex in sources.items()}, config.train.batch_size,
+                                 tokenizer.pad_id, seed=config.seed)
+    validation = [e for d in data.values() for e in d.validation]
+    result = train(model, batches, validation, tokenizer.pad_id, config.train)
+
+    tests = {}
+    for name, d in data.items():
+        test = evaluate(model, d.test, tokenizer.pad_id, config.train.eval_batch_size)
+        tests[name] = {"accuracy": test.accuracy, "loss": test.loss, "n": test.n_examples, "chance_accuracy": d.chance_accuracy}
+        if "rouge_l" in d.metrics:
+            tests[name]["rouge_l"] = rouge_scores(model, tokenizer, d.test, config.train.eval_batch_size)
+    out = Path(config.train.out_dir)
+    model.cpu()
+    if config.method == "full":
+        artefact = out / "model"
+        save_model(model, tokenizer, artefact)
+    else:
+        artefact = out / "adapter"
+        save_trainable(model, artefact)
+    sizes = {f.name: f.stat().st_size for f in sorted(artefact.iterdir())}
+    record = {
+        "task": "+".join(data),
+        "method": config.method,
+        "config": _jsonable(config),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "trainable_percent": 100 * trainable / total,
+        "artefact": str(artefact),
+        "artefact_bytes": sizes,
+        "n_train": sum(len(d.train) for d in data.values()),
+        "n_val": len(validation),
+        "n_test": sum(t["n"] for t in tests.values()),
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "val_accuracy": result.best["accuracy"] if result.best else None,
+        "val_loss": result.best["loss"] if result.best else None,
+        "test_accuracy": sum(t["accuracy"] for t in tests.values()) / len(tests),
+        "tests": tests,
+        "train_time_s": result.wall_time_s,
+        "time_per_step_s": result.wall_time_s / max(result.steps, 1),
+        "total_time_s": time.perf_counter() - t0,
+    }
+    write_json(out / "result.json", record)
+    return record
+
+
+def _jsonable(config: FinetuneConfig) -> dict:
+    """The configuration as result.json holds it (tuples become lists, as a JSON round trip gives them)."""
+    d = asdict(config)
+    d["peft"] = None if config.peft is None else {"type": type(config.peft).__name__, **dataclasses.asdict(config.peft)}
+    return json.loads(json.dumps(d))

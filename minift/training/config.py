@@ -1,0 +1,64 @@
+"""The configuration of a training run: one dataclass, whose fields are also the command line's options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from minift.training.loss import LOSSES, default_loss
+from minift.training.optim import OPTIMIZERS, default_optimizer, learning_rate
+
+SELECTIONS = ("accuracy", "loss")  # what TrainConfig.select_by may say
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/train"  # where metrics.jsonl, curves.png, snapshots/ and best/ go
+    max_steps: int = 200  # optimizer steps
+    batch_size: int = 16  # sequences per optimizer step, over all micro-batches and ranks
+    micro_batch_size: int | None = None  # sequences per forward pass on one rank (None: the whole share)
+    lr: float = 1e-3  # peak learning rate
+    min_lr: float | None = None  # the cosine decays from lr to min_lr (None: lr / 10)
+    warmup_steps: int = 20  # linear warmup from 0: early Adam updates are noisy (Goyal et al. 2017)
+    weight_decay: float = 0.01  # decoupled (AdamW); only matrices decay, not biases or norms
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW's moment decay rates
+    grad_clip: float | None = 1.0  # max global L2 norm of the gradient; None: no clipping
+    optimizer: str = "auto"  # adamw, fused-adamw or sgd; auto: fused-adamw on CUDA, adamw on CPU
+    loss: str = "auto"  # torch, fused or fused-linear; auto: fused-linear on CUDA, fused on CPU
+    eval_every: int = 50  # steps between evaluations (and snapshots); the last step is always evaluated
+    eval_batch_size: int = 32  # sequences per forward pass of evaluation
+    early_stopping_patience: int | None = None  # evaluations without improvement before stopping
+    # the best checkpoint: "accuracy" (exact match of whole completions, then loss), or "loss" alone with
+    # perplexity in the log (pretraining: no 512-token block is ever predicted whole, accuracy means nothing)
+    select_by: str = "accuracy"
+    activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~33% more compute
+    autocast: bool = True  # bf16 autocast on CUDA (no effect on CPU, which trains in fp32)
+    seed: int = 0  # data order, initialisation and dropout
+    resume: bool = False  # continue from out_dir's latest snapshot if there is one
+    overwrite: bool = False  # start afresh in an out_dir that holds an earlier run (deleting it)
+    progress: bool = True  # show a progress bar
+    device: str = "auto"  # auto: cuda when available, else cpu
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.max_steps < 1 or self.eval_every < 1:
+            raise ValueError("batch_size, max_steps and eval_every must be >= 1")
+        if self.loss not in ("auto", *LOSSES):
+            raise ValueError(f"loss must be 'auto' or one of {LOSSES}, got {self.loss!r}")
+        if self.select_by not in SELECTIONS:
+            raise ValueError(f"select_by must be one of {SELECTIONS}, got {self.select_by!r}")
+        if self.optimizer not in ("auto", *OPTIMIZERS):
+            raise ValueError(f"optimizer must be 'auto' or one of {OPTIMIZERS}, got {self.optimizer!r}")
+        self.betas = tuple(self.betas)  # a JSON round trip gives a list
+
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of optimizer step `step` (0-based): warmup, then cosine to min_lr."""
+        min_lr = self.lr / 10 if self.min_lr is None else self.min_lr
+        return learning_rate(step, self.lr, min_lr, self.warmup_steps, self.max_steps)
+
+    def resolve(self) -> tuple[torch.device, str, str]:
+        """The device, loss and optimizer this configuration means on this machine."""
+        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device)
+        loss = self.loss if self.loss != "auto" else default_loss(device)
+        optimizer = self.optimizer if self.optimizer != "auto" else default_optimizer(device)
+        return device, loss, optimizer

@@ -1,0 +1,149 @@
+"""Training snapshots: everything needed to continue a run exactly where it stopped.
+
+A snapshot directory `out_dir/snapshots/step-0000100/` holds
+- trainable.safetensors: the parameters that require grad (the full model, or only an adapter);
+- optimizer.safetensors: the optimizer's tensors (AdamW's moments and step counts) and RNG states;
+- trainer_state.json: the step, the data position, the best validation result so far, the
+  optimizer's other settings, and the configuration.
+When a snapshot is complete, `snapshots/latest.json` is atomically replaced to point at it, and
+only then are older snapshots deleted: a crash at any moment leaves a complete snapshot to resume.
+Never pickle: safetensors and JSON only.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+import minift.training.distributed as dist
+from minift._files import atomic_write, read_json, write_json
+
+# Config fields that may differ when a run is resumed: they do not change what is computed.
+_RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "device", "out_dir"}
+
+
+@dataclass
+class Snapshot:
+    step: int
+    best: dict | None  # the best validation record so far
+    since_best: int  # evaluations since it (for early stopping)
+    config: dict
+
+
+def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that require grad, by name (a tied weight appears once)."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_trainable_tensors(model: torch.nn.Module, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.contiguous().cpu() for k, v in trainable_tensors(model).items()}
+    atomic_write(directory / "trainable.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+
+
+def load_trainable_tensors(model: torch.nn.Module, directory: Path, device=None) -> None:
+    """Copy saved trainable parameters into `model`, which must have the same trainable names and shapes."""
+    saved = load_file(str(directory / "trainable.safetensors"), device=str(device or "cpu"))
+    params = dict(model.named_parameters())
+    expected = set(trainable_tensors(model))
+    if set(saved) != expected:
+        raise ValueError(
+            f"{directory}: saved trainable tensors do not match the model's: missing {sorted(expected - set(saved))[:5]}, "
+            f"unexpected {sorted(set(saved) - expected)[:5]}"
+        )
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            if params[name].shape != tensor.shape:
+                raise ValueError(f"{directory}: {name} has shape {tuple(tensor.shape)}, the model's is {tuple(params[name].shape)}")
+            params[name].copy_(tensor)
+
+
+def _split_optimizer_state(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state -> (tensors for safetensors, everything else for JSON)."""
+    tensors, other = {}, {}
+    for pid, state in state_dict["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{pid}.{key}"] = value.contiguous().cpu()
+            else:
+                other.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "state": other}
+
+
+def _join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {int(pid): dict(values) for pid, values in meta["state"].items()}
+    for key, tensor in tensors.items():
+        if key.startswith("state."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = tensor
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _rng_states() -> dict[str, torch.Tensor]:
+    states = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return states
+
+
+def save_snapshot(out: Path, snap: Snapshot, model, optimizer, batches) -> None:
+    """Write a snapshot of step `snap.step` (call on every rank: RNG states are gathered to rank 0)."""
+    rng_by_rank = dist.all_gather_object(_rng_states())
+    if dist.rank() != 0:
+        return
+    root = out / "snapshots"
+    directory = root / f"step-{snap.step:07d}"
+    save_trainable_tensors(model, directory)
+    tensors, optimizer_meta = _split_optimizer_state(optimizer.state_dict())
+    for r, states in enumerate(rng_by_rank):
+        tensors.update({f"rank{r}.{k}": v for k, v in states.items()})
+    atomic_write(directory / "optimizer.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+    write_json(directory / "trainer_state.json", {
+        "step": snap.step, "best": snap.best, "since_best": snap.since_best, "config": snap.config,
+        "data": batches.state_dict(), "optimizer": optimizer_meta, "world_size": dist.world_size(),
+    })
+    write_json(root / "latest.json", {"step": snap.step, "directory": directory.name})
+    for old in root.glob("step-*"):
+        if old.name != directory.name:
+            shutil.rmtree(old)
+
+
+def load_snapshot(out: Path, config: dict, model, optimizer, batches, device) -> Snapshot | None:
+    """Restore the latest snapshot of `out` into model, optimizer, batches and RNG; None if there is none.
+
+    Raises:
+        ValueError: the snapshot was made with another configuration or number of ranks.
+    """
+    pointer = out / "snapshots" / "latest.json"
+    if not pointer.is_file():
+        return None
+    directory = out / "snapshots" / read_json(pointer)["directory"]
+    state = read_json(directory / "trainer_state.json")
+    if state["world_size"] != dist.world_size():
+        raise ValueError(f"{directory} was written by {state['world_size']} ranks; resume with the same number")
+    _check_resumable(state["config"], json.loads(json.dumps(config)))  # JSON turns tuples into lists, as saved
+    load_trainable_tensors(model, directory, device)
+    tensors = load_file(str(directory / "optimizer.safetensors"))
+    optimizer.load_state_dict(_join_optimizer_state(tensors, state["optimizer"]))
+    batches.load_state_dict(state["data"])
+    prefix = f"rank{dist.rank()}."
+    torch.set_rng_state(tensors[prefix + "rng.cpu"])
+    if torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in sorted(tensors) if k.startswith(prefix + "rng.cuda.")])
+    return Snapshot(state["step"], state["best"], state["since_best"], state["config"])
+
+
+def _check_resumable(saved: dict, current: dict) -> None:
+    """Refuse to resume a run with a configuration that would compute something else."""
+    changed = sorted(k for k in set(saved) | set(current) if k not in _RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    if changed:
+        raise ValueError(
+            "cannot resume: the configuration differs from the snapshot's in "
+            + ", ".join(f"{k} ({saved.get(k)!r} -> {current.get(k)!r})" for k in changed)
+        )

@@ -1,0 +1,80 @@
+"""End-to-end fine-tuning: every method, built-in tasks and your own files, saved artefacts that reload."""
+
+import json
+
+import pytest
+
+from minift.peft import LoraConfig, PromptTuningConfig, SelectiveConfig, load_trainable
+from minift.model import load_model
+from minift.evaluation import evaluate
+from minift.recipes import FinetuneConfig, default_train_config, finetune
+from minift.data import load_task_data
+
+
+def _config(tmp_path, checkpoint, **overrides):
+    train = default_train_config(overrides.get("method", "full"), out_dir=str(tmp_path / "run"), max_steps=4,
+                                 batch_size=8, warmup_steps=1, eval_every=2, progress=False)
+    return FinetuneConfig(**{"task": "reviews", "base": str(checkpoint), "n_train": 24, "n_val": 8, "n_test": 16,
+                             "train": train, **overrides})
+
+
+@pytest.mark.parametrize(
+    "method, peft",
+    [("full", None), ("lora", LoraConfig(rank=4, targets=("c_attn", "c_fc"))), ("prompt-tuning", PromptTuningConfig(num_virtual_tokens=5)),
+     ("selective", SelectiveConfig(train="bias"))],
+)
+def test_every_method_trains_saves_and_reloads_to_the_reported_accuracy(tiny_checkpoint, tmp_path, method, peft):
+    record = finetune(_config(tmp_path, tiny_checkpoint, method=method, peft=peft))
+    assert json.loads((tmp_path / "run" / "result.json").read_text()) == record
+    assert record["steps"] == 4 and record["n_test"] == 16 and 0.0 <= record["test_accuracy"] <= 1.0
+    model, tokenizer = load_model(record["artefact"] if method == "full" else tiny_checkpoint)
+    if method != "full":
+        assert 0 < record["trainable_parameters"] < record["total_parameters"]
+        model = load_trainable(model, record["artefact"])
+    else:
+        assert record["trainable_parameters"] == record["total_parameters"]
+    test = load_task_data("reviews", tokenizer, model.config.block_size, n_val=0, n_test=16).test
+    # the saved artefact reproduces the reported test loss (same weights, same examples)
+    assert evaluate(model, test, tokenizer.pad_id).loss == pytest.approx(record["tests"]["reviews"]["loss"], rel=1e-5)
+
+
+def test_summaries_report_rouge(tiny_checkpoint, tmp_path):
+    record = finetune(_config(tmp_path, tiny_checkpoint, task="summarize"))
+    assert 0.0 <= record["tests"]["summarize"]["rouge_l"] <= 1.0
+
+
+def test_multi_task_mixes_the_tasks_and_reports_each(tiny_checkpoint, tmp_path):
+    record = finetune(_config(tmp_path, tiny_checkpoint, task=("reviews", "qa", "arithmetic")))
+    assert record["task"] == "reviews+qa+arithmetic" and set(record["tests"]) == {"reviews", "qa", "arithmetic"}
+    assert (record["n_train"], record["n_val"], record["n_test"]) == (72, 24, 48)
+    assert record["test_accuracy"] == pytest.approx(sum(t["accuracy"] for t in record["tests"].values()) / 3)
+
+
+def test_an_alpaca_jsonl_file(tiny_checkpoint, tmp_path):
+    rows = [{"instruction": "Name the colour.", "input": f"The lamp {i} is red.", "output": "red"} for i in range(30)]
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    record = finetune(_config(tmp_path, tiny_checkpoint, task=str(path), n_train=None, n_val=None, n_test=None))
+    assert (record["task"], record["n_train"], record["n_val"], record["n_test"]) == ("mine", 24, 3, 3)
+
+
+def test_a_csv_of_reviews_with_a_user_template(tiny_checkpoint, tmp_path):
+    path = tmp_path / "reviews.csv"
+    path.write_text("text,label\n" + "".join(f"Review {i}: it is {'good' if i % 2 else 'bad'}.,{'positive' if i % 2 else 'negative'}\n" for i in range(20)))
+    library = tmp_path / "templates.json"
+    library.write_text(json.dumps({"name": "sentiment", "templates": [
+        {"name": "a", "prompt": "Is this review positive or negative?\n{{text}}", "completion": "{{label}}"},
+        {"name": "b", "prompt": "Sentiment of: {{text}}", "completion": "{{label}}"}]}))
+    record = finetune(_config(tmp_path, tiny_checkpoint, task=str(path), templates=str(library), n_train=None, n_val=None, n_test=None))
+    assert record["n_train"] == 16
+
+
+def test_bad_configurations(tiny_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="method must be one of"):
+        FinetuneConfig(method="adapter")
+    with pytest.raises(ValueError, match="method 'lora' needs a LoraConfig"):
+        FinetuneConfig(method="lora", peft=PromptTuningConfig())
+    with pytest.raises(ValueError, match="full fine-tuning takes no PEFT configuration"):
+        FinetuneConfig(method="full", peft=LoraConfig())
+    with pytest.raises(ValueError, match="5000 train examples asked, but the train split holds 1399"):
+        finetune(_config(tmp_path, tiny_checkpoint, n_train=5000))
