@@ -11,9 +11,12 @@ import torch
 from minift._files import write_table
 
 RESULTS = Path(__file__).parent / "results"
-# Peak HBM bandwidth, bytes/s, from vendors' data sheets; matched against the device name in order
-# (so "H100 PCIe" is tried before "H100", which then means the SXM part).
-PEAK_BANDWIDTH = [("H100 PCIe", 2.0e12), ("H100", 3.35e12), ("H200", 4.8e12), ("A100", 2.0e12)]
+# Peak HBM bandwidth, bytes/s, from NVIDIA's data sheets; matched against the device name in order, so the
+# parts named by more than "H100"/"A100" come first ("NVIDIA H100 80GB HBM3" is the SXM part: 3.35 TB/s).
+PEAK_BANDWIDTH = [
+    ("H100 PCIe", 2.0e12), ("H100 NVL", 3.9e12), ("H100", 3.35e12), ("H200", 4.8e12),
+    ("A100-SXM4-40GB", 1.555e12), ("A100-PCIE-40GB", 1.555e12), ("A100 80GB PCIe", 1.935e12), ("A100", 2.039e12),
+]
 
 
 def device_name(device: str | torch.device = "cpu") -> str:
@@ -36,7 +39,11 @@ def peak_bandwidth(device: str | torch.device) -> float | None:
     """The GPU's peak memory bandwidth in bytes/s, when it is listed in PEAK_BANDWIDTH (None on CPU)."""
     if torch.device(device).type != "cuda":
         return None
-    name = device_name(device)
+    return bandwidth_of(device_name(device))
+
+
+def bandwidth_of(name: str) -> float | None:
+    """The peak bandwidth PEAK_BANDWIDTH lists for a device name such as 'NVIDIA H100 80GB HBM3' (None if unlisted)."""
     return next((bw for key, bw in PEAK_BANDWIDTH if key in name), None)
 
 

@@ -31,6 +31,8 @@ the logits) and makes about seven passes over [N, V] memory.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ._backend import select_backend
@@ -50,6 +52,7 @@ if triton is not None:
         logits_ptr,  # (N, V), overwritten with the gradient
         stride_logits_row,
         labels_ptr,  # (N,) integer
+        stride_labels,  # a 1-D view may be strided (labels[::2], a column of a (B, T) tensor)
         scale_ptr,  # (N,) fp32: what each valid row's gradient is multiplied by
         stride_scale,  # 0 when one scale serves every row
         loss_ptr,  # (N,) fp32, output
@@ -60,7 +63,7 @@ if triton is not None:
         # One program per row; int64 because row * stride passes 2**31 for, e.g., 32k tokens x 128k vocab.
         row = tl.program_id(0).to(tl.int64)
         logits_ptr += row * stride_logits_row
-        label = tl.load(labels_ptr + row)
+        label = tl.load(labels_ptr + row * stride_labels)
         if label == ignore_index:
             # An ignored row costs one write, not three passes: zero gradient, zero loss.
             for start in range(0, V, BLOCK_V):
@@ -143,19 +146,24 @@ def _cross_entropy_triton(
     N, V = logits.shape
     loss = torch.empty(N, dtype=torch.float32, device=logits.device)
     block_v = min(_MAX_BLOCK_V, triton.next_power_of_2(V))
+    # Triton launches on the current CUDA device's stream: make it the logits' device (cuda:1 while cuda:0
+    # is current would otherwise read the wrong device's memory).
+    guard = torch.cuda.device(logits.device) if logits.is_cuda else contextlib.nullcontext()
     if N > 0:
-        _cross_entropy_kernel[(N,)](  # one program per row
-            logits,
-            logits.stride(0),
-            labels,
-            scale,
-            scale.stride(0),
-            loss,
-            V,
-            ignore_index,
-            BLOCK_V=block_v,
-            num_warps=min(32, max(1, block_v // (32 * _VALUES_PER_THREAD))),  # 32 threads a warp
-        )
+        with guard:
+            _cross_entropy_kernel[(N,)](  # one program per row
+                logits,
+                logits.stride(0),
+                labels,
+                labels.stride(0),
+                scale,
+                scale.stride(0),
+                loss,
+                V,
+                ignore_index,
+                BLOCK_V=block_v,
+                num_warps=min(32, max(1, block_v // (32 * _VALUES_PER_THREAD))),  # 32 threads a warp
+            )
     return loss
 
 

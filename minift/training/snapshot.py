@@ -92,6 +92,12 @@ def _rng_states() -> dict[str, torch.Tensor]:
     return states
 
 
+def cuda_rng_keys(tensors: dict, prefix: str) -> list[str]:
+    """The keys "<prefix>rng.cuda.<i>" in device order: by the number i, since as strings "10" sorts before "2"."""
+    keys = [k for k in tensors if k.startswith(prefix + "rng.cuda.")]
+    return sorted(keys, key=lambda k: int(k.rsplit(".", 1)[1]))
+
+
 def save_snapshot(out: Path, snap: Snapshot, model, optimizer, batches) -> None:
     """Write a snapshot of step `snap.step` (call on every rank: RNG states are gathered to rank 0)."""
     rng_by_rank = dist.all_gather_object(_rng_states())
@@ -135,7 +141,7 @@ def load_snapshot(out: Path, config: dict, model, optimizer, batches, device) ->
     prefix = f"rank{dist.rank()}."
     torch.set_rng_state(tensors[prefix + "rng.cpu"])
     if torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensors[k] for k in sorted(tensors) if k.startswith(prefix + "rng.cuda.")])
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda_rng_keys(tensors, prefix)])
     return Snapshot(state["step"], state["best"], state["since_best"], state["config"])
 
 

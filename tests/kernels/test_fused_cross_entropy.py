@@ -162,6 +162,15 @@ def test_rows_with_a_stride(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_labels_with_a_stride(backend):
+    # labels[::2] is a 1-D view with stride 2: the kernel must read label `row` at row * stride
+    logits, labels = torch.randn(13, 50), make_labels(26, 50, "some")[::2]
+    assert labels.stride(0) == 2
+    torch.testing.assert_close(cross_entropy(logits.clone(), labels, backend=backend), F.cross_entropy(logits, labels),
+                               **LOSS_TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_default_overwrites_logits_with_gradient(backend):
     logits, labels = torch.randn(31, 123), make_labels(31, 123, "some")
     ref_logits = logits.clone().requires_grad_()

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
+from fresh_process import run_in_fresh_process
 from hypothesis import strategies as st
 
 from minift.kernels import linear_cross_entropy
-from fresh_process import run_in_fresh_process
 from minift.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 
 BACKENDS = ["torch", "triton"]
@@ -161,6 +161,15 @@ def test_all_ignored_gives_zero_not_nan(backend, dtype):
     assert loss.item() == 0.0
     for grad in grads:
         assert torch.count_nonzero(grad) == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_labels_with_a_stride(backend):
+    hidden, weight, _, labels = make_inputs(26, 16, 97, torch.float32, bias=False)
+    strided = labels.repeat_interleave(2)[::2]  # the same labels, read with stride 2
+    assert strided.stride(0) == 2
+    torch.testing.assert_close(linear_cross_entropy(hidden, weight, strided, backend=backend),
+                               reference(labels, "mean")(hidden, weight, None), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -234,3 +234,10 @@ def test_the_kernels_train_the_same_loss_curve(tiny_tokenizer, qa_examples, tmp_
     # of ~1e-6 relative, far below the loss's change per step (~1e-1)
     assert curves[1] == pytest.approx(curves[0], rel=1e-4)
     assert curves[0][-1] < curves[0][0] - 0.2  # it trains: 6.21 -> 5.87 in 6 steps (seen)
+
+
+def test_cuda_rng_states_are_restored_in_device_order():
+    from minift.training.snapshot import cuda_rng_keys
+
+    keys = {f"rank0.rng.cuda.{i}": i for i in range(12)} | {"rank1.rng.cuda.0": 0, "rank0.rng.cpu": 0}
+    assert cuda_rng_keys(keys, "rank0.") == [f"rank0.rng.cuda.{i}" for i in range(12)]  # 11 GPUs and more: 2 before 10
