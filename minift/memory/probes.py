@@ -18,6 +18,8 @@ neither shows what a plain process holds.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import subprocess
@@ -100,12 +102,9 @@ def measure_with(module: str, function: str, kwargs: dict, tracking_malloc: bool
 
 def _trim_heap() -> None:
     """Return glibc's free heap pages to the OS (malloc_trim), so that RSS growth shows new allocations."""
-    try:
-        import ctypes
-
+    # Not glibc (no libc.so.6, or no malloc_trim in it): nothing to trim, and RSS may then under-count a little.
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim, RSS may then under-count a little
-        pass
 
 
 class PeakProbe:
