@@ -53,7 +53,7 @@ def test_few_shot_evaluation_reports_the_context_it_spends(tiny_checkpoint, caps
 
 
 def test_no_score_end_turns_off_scoring_the_end_of_text(tiny_checkpoint, monkeypatch):
-    import minift.cli as cli
+    import minift.cli.commands as cli
 
     real, seen = cli.evaluate_task, []
 

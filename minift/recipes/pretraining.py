@@ -94,5 +94,5 @@ def pretrain(config: PretrainConfig) -> tuple[GPT, Tokenizer, dict]:
 
 
 def _flags(config: PretrainConfig) -> dict:
-    """The command-line flags that reproduce `config` (see cli.py's pretrain parser)."""
+    """The command-line flags that reproduce `config` (see minift/cli's pretrain parser)."""
     return {"out": config.out, "n-documents": config.n_documents, "steps": config.train.max_steps, "seed": config.seed}

@@ -1,0 +1,48 @@
+"""The `minift` command: one subcommand per stage, each a thin layer over the library functions.
+
+    minift generate [CHECKPOINT] --prompt "Summarize ..."      a completion from a model
+    minift pretrain --out DIR                                   the tiny base model from the built-in corpus
+    minift finetune --task reviews --method lora --rank 8       instruction fine-tuning, then test accuracy
+    minift evaluate [CHECKPOINT] --tasks reviews qa --shots 3   accuracy per task (--no-score-end for a base model)
+    minift memory --model gpt2 --method lora --rank 8           the memory ledger, predicted and measured
+    minift compare                                              full vs LoRA vs prompt tuning in one table
+    minift experiment forgetting                                the course's experiments
+
+The options are generated from the configuration dataclasses (`TrainConfig`, `FinetuneConfig`,
+`LoraConfig`, ...) and the library functions' signatures: each field is a flag with the field's type,
+its default and, as help, the comment beside it (tyro reads dataclasses the same way). An option left
+out keeps the dataclass's default, so `minift finetune` and `finetune(FinetuneConfig())` train alike.
+Under torchrun (`torchrun --nproc_per_node N -m minift.cli finetune ...`) every rank runs the command.
+The options are built in `options.py`, the subcommands in `commands.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.metadata import version
+
+from minift.cli.commands import PARSERS, finetune_config
+
+__all__ = ["build_parser", "finetune_config", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minift", description="Learn how LLMs are fine-tuned, by running the code.")
+    parser.add_argument("--version", action="version", version=f"minift {version('minift')}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in PARSERS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:  # bad input: say what, not a traceback
+        print(f"minift {args.command}: error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
+        return 2
+    return 0
+
+
