@@ -19,12 +19,12 @@ Shapes: B batch, T sequence (T' = T + n_virtual with prompt tuning), C width, V 
 nh heads, r LoRA rank, s bytes per element of the model's dtype, N scored tokens (B (T - 1) when
 every token is scored; B k when only the last k of each row are).
 
-The loss (minift.training.CompletionLoss) gathers the N scored rows of the final hidden states (the
-index op saves the (B, T) bool mask) and then:
+The loss (minift.training.CompletionLoss) gathers the N scored rows of the final hidden states (index_select
+saves the (N,) int64 index) and then:
 - torch: logits (N, V) -> .float() -> log-softmax. The log-softmax (N V 4 B) is saved; its backward
   briefly holds it, its incoming gradient and its result: 3 N V 4 bytes at the start of backward.
 - fused: minift.kernels.cross_entropy writes the gradient over the logits in the forward pass: N V s held.
-- fused-linear: the logits never exist whole; one chunk of at most 64 MiB, and the gradients of the
+- fused-linear: the logits never exist whole; one chunk of them (`chunk_rows`), and the gradients of the
   hidden rows (N C s) and of the head (V C s, when it trains) are computed in the forward pass.
 
 The peak is the largest of a few moments of the second step (the first has no optimizer state
@@ -46,12 +46,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from minift.kernels.fused_cross_entropy import REFERENCE_CHUNK_BYTES
+from minift.kernels.fused_linear_cross_entropy import chunk_rows
 from minift.memory.activations import Storage, Walk, block_backward_bytes
 from minift.memory.spec import DTYPES, RunSpec, meta_model
-
-# kernels/fused_linear_cross_entropy.py: DEFAULT_CHUNK_BYTES; kernels/fused_cross_entropy.py: _REFERENCE_CHUNK_BYTES
-FUSED_LINEAR_CHUNK_BYTES = 64 * 2**20
-FUSED_REFERENCE_CHUNK_BYTES = 32 * 2**20
 
 CATEGORIES = ("weights_frozen", "weights_trainable", "gradients", "optimizer_state", "activations", "loss", "workspace",
               "transient")
@@ -135,23 +133,24 @@ class _Loss:
     head_forward: int = 0  # transient then: final hidden states, scored rows and targets, the logits
 
 
-def _fused_linear_chunk_rows(V: int, s: int) -> int:
-    """Rows per chunk of minift.kernels.linear_cross_entropy: as many as fit its logits buffer."""
-    return max(1, FUSED_LINEAR_CHUNK_BYTES // (V * s))
+def _fused_linear_chunk_rows(spec: RunSpec) -> int:
+    """Rows per chunk of minift.kernels.linear_cross_entropy for this step: the kernel's own choice."""
+    return chunk_rows(spec.scored_tokens, spec.model.vocab_size, spec.itemsize, spec.device)
 
 
 def _loss(spec: RunSpec, head_trains: bool, hidden_grad: bool) -> _Loss:
     B, C, V, s, N = spec.batch_size, spec.model.n_embd, spec.model.vocab_size, spec.itemsize, spec.scored_tokens
     hidden = B * (spec.seq_len + spec.n_virtual) * C * s  # ln_f's output, alive in the loss's frame
     rows_copy = N * C * s  # the gathered scored rows (N, C)
-    mask = [("scored-position mask (B, T) bool", B * spec.seq_len)] if hidden_grad else []
+    mask = [("scored-row index (N,) int64", N * 8)] if hidden_grad else []  # saved by index_select
     if spec.loss == "fused-linear":
-        rows = _fused_linear_chunk_rows(V, s)
+        rows = _fused_linear_chunk_rows(spec)
         chunk = min(rows, N) * V * s  # the one logits buffer every chunk reuses
-        work = min(rows, N, max(1, FUSED_REFERENCE_CHUNK_BYTES // (V * 4))) * V * 4 if s != 4 else 0
+        work = min(rows, N, max(1, REFERENCE_CHUNK_BYTES // (V * 4))) * V * 4 if s != 4 else 0
         held = mask + [("d(hidden rows) (N, C), computed in forward", rows_copy)]
         if head_trains:
-            held.append(("d(head weight) (V, C), computed in forward", V * C * s))
+            # fp16 accumulates it in fp32 (the kernel's docstring: its gradient is written unscaled)
+            held.append(("d(head weight) (V, C), computed in forward", V * C * (4 if spec.dtype == "float16" else s)))
         # labels (N,) int64 and per-row losses (N,) fp32 beside the chunk; no head backward follows
         return _Loss(held, hidden + rows_copy + N * 12 + chunk + work, 0, sum(b for _, b in mask), rows_copy)
     saved_rows = [("head input: scored hidden rows (N, C)", rows_copy)] if head_trains else []
@@ -168,7 +167,7 @@ def _loss(spec: RunSpec, head_trains: bool, hidden_grad: bool) -> _Loss:
                      head=max(N * V * 4 + upcast, N * V * s + rows_copy),
                      head_forward_held=before_head, head_forward=head_forward)
     held = mask + saved_rows + [("gradient written over the logits (N, V)", N * V * s)]
-    work = min(N, max(1, FUSED_REFERENCE_CHUNK_BYTES // (V * 4))) * V * 4 if s != 4 else 0  # fp32 rows of the reference
+    work = min(N, max(1, REFERENCE_CHUNK_BYTES // (V * 4))) * V * 4 if s != 4 else 0  # fp32 rows of the reference
     return _Loss(held, forward=hidden + gathered + N * 12 + work, backward=0,
                  head_held=before_head, head=N * V * s + rows_copy,
                  head_forward_held=before_head, head_forward=head_forward)
@@ -269,7 +268,7 @@ def predict(spec: RunSpec, gemm_workspace: dict[str, int] | None = None) -> Pred
                          f"its moments: {[m.name for m in moments]}")
     for m in moments:
         m.bytes = {c: m.bytes.get(c, 0) for c in CATEGORIES} | {"workspace": workspace.get(m.name, 0)}
-    head_rows = min(_fused_linear_chunk_rows(V, s), spec.scored_tokens) if spec.loss == "fused-linear" else spec.scored_tokens
+    head_rows = min(_fused_linear_chunk_rows(spec), spec.scored_tokens) if spec.loss == "fused-linear" else spec.scored_tokens
     head = HeadMatmuls(head_rows, C, V, spec.dtype, weight_grad=head_trains, input_grad=hidden.grad,
                        fused_linear=spec.loss == "fused-linear")
 

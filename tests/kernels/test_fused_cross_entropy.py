@@ -97,7 +97,7 @@ def test_many_rows(backend, dtype):
 def test_reference_in_row_chunks(monkeypatch, dtype):
     # The reference bounds its fp32 working copy of half-precision logits by chunking rows; force
     # 7-row chunks: 31 = 4 * 7 + 3.
-    monkeypatch.setattr(cross_entropy_module, "_REFERENCE_CHUNK_BYTES", 7 * 123 * 4)
+    monkeypatch.setattr(cross_entropy_module, "REFERENCE_CHUNK_BYTES", 7 * 123 * 4)
     logits = (3 * torch.randn(31, 123)).to(dtype)
     check_against_torch(logits, make_labels(31, 123, "some"), "none", "torch")
 
@@ -254,3 +254,78 @@ def test_property_random_shapes(N, V, dtype, reduction, ignore, backend, seed):
     # "sum"/"none" so that an example whose rows are all ignored still compares with PyTorch.
     torch.manual_seed(seed)
     check_against_torch((3 * torch.randn(N, V)).to(dtype), make_labels(N, V, ignore), reduction, backend)
+
+
+# --- the GPU path: the scale folded into the forward, no host sync, fp16 kept out of underflow ---------------
+
+
+class _ElementwiseOverRows(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every elementwise op that reads or writes a tensor of `numel` elements (the [N, V] gradient)."""
+
+    def __init__(self, numel):
+        super().__init__()
+        self.numel, self.seen = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if func.overloadpacket in (torch.ops.aten.mul, torch.ops.aten.mul_, torch.ops.aten.div_, torch.ops.aten.div):
+            if any(t.numel() == self.numel for t in tensors):
+                self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_scale_is_folded_into_the_forward(backend, dtype, reduction):
+    # A training step normalises by its token count: scale = 1 / 137 here. The loss and gradient are those
+    # of F.cross_entropy times the scale, and backward with grad_output 1 makes no pass over the gradient
+    # (fp16 excepted: its scale waits for backward, see test_fp16_gradient_does_not_underflow).
+    N, V, scale = 31, 123, 1 / 137
+    logits, labels = (3 * torch.randn(N, V)).to(dtype), make_labels(N, V, "some")
+    ref_logits = logits.to(torch.float32, copy=True).requires_grad_()
+    (F.cross_entropy(ref_logits, labels, reduction=reduction) * scale).backward()
+    ours = logits.clone().requires_grad_()
+    loss = cross_entropy(ours, labels, reduction=reduction, backend=backend, scale=scale)
+    torch.testing.assert_close(loss, F.cross_entropy(logits.float(), labels, reduction=reduction) * scale, **LOSS_TOL)
+    with _ElementwiseOverRows(N * V) as mode:
+        loss.backward()
+    torch.testing.assert_close(ours.grad.float(), ref_logits.grad, **grad_tol(logits, torch.tensor(scale)))
+    assert mode.seen == ([] if dtype != torch.float16 else ["aten.mul_.Tensor"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fp16_gradient_does_not_underflow(backend):
+    # The mean over N = 512 rows folded into fp16 would write p / 512 for every probability p, and fp16
+    # flushes values below 2**-24 = 6e-8 (p < 3e-5 here: a third of each row, logits of std 4) to zero
+    # before a GradScaler's factor G = 2**16 arrives as grad_output. Kept for backward, only p below 2**-24
+    # itself is lost: an absolute error of at most 2**-24 * G / N = 7.6e-6 on the final gradient, where the
+    # folded scale lost up to 2**-24 * G = 3.9e-3. Above that, two fp16 roundings (2**-10 each, the
+    # interpreter truncates): rtol 2**-9.
+    N, V, grad_scale = 512, 96, 2.0**16
+    logits, labels = (4 * torch.randn(N, V)).to(torch.float16), make_labels(N, V, "none")
+    ref_logits = logits.float().requires_grad_()
+    F.cross_entropy(ref_logits, labels).backward(torch.tensor(grad_scale))
+    ours = logits.clone().requires_grad_()
+    cross_entropy(ours, labels, backend=backend).backward(torch.tensor(grad_scale))
+    expected = ref_logits.grad
+    assert (expected.abs() < 2.0**-24 * grad_scale).float().mean() > 0.3  # the entries at stake
+    torch.testing.assert_close(ours.grad.float(), expected, rtol=2**-9, atol=2.0**-24 * grad_scale / N)
+
+
+def test_labels_on_a_device_are_not_checked_by_default():
+    # On a GPU the check reads a device tensor on the host: a sync per call. The meta device stands in
+    # for one here: reading it raises, so any check would fail this test.
+    labels = torch.empty(8, dtype=torch.long, device="meta")
+    cross_entropy_module._check_labels(labels, 5, -100, None)
+    with pytest.raises((NotImplementedError, RuntimeError)):
+        cross_entropy_module._check_labels(labels, 5, -100, True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unchecked_bad_label_gives_nan_not_a_bad_read(backend):
+    labels = make_labels(31, 123, "some")
+    labels[4], labels[5] = 123, -7  # past the row's end, before its start
+    loss = cross_entropy(torch.randn(31, 123), labels, reduction="none", backend=backend, check_labels=False)
+    assert loss[4].isnan() and loss[5].isnan()
+    assert loss[labels == -100].eq(0).all() and loss[6:].isfinite().all()

@@ -224,3 +224,75 @@ def test_property_random_shapes(N, H, V, chunk_rows, bias, reduction, backend, s
         hidden, weight, b, grad_output,
     )
     assert_all_close(actual, expected, torch.float32)
+
+
+# --- the GPU path: autocast, the chunk size, the scale folded into the forward, fp16 ------------------------
+
+import minift.kernels.fused_linear_cross_entropy as linear_module  # noqa: E402
+
+
+def test_autocast_runs_the_head_in_the_autocast_dtype(monkeypatch):
+    # Autocast rewrites F.linear but not mm(out=) / addmm_, so without the cast the products of a bf16-autocast
+    # step ran in fp32. CPU autocast shows it as CUDA's would; the gradients come back in the leaves' fp32.
+    seen, real = [], linear_module._linear_cross_entropy_chunks
+    monkeypatch.setattr(linear_module, "_linear_cross_entropy_chunks",
+                        lambda hidden, weight, *rest: seen.append((hidden.dtype, weight.dtype)) or real(hidden, weight, *rest))
+    hidden, weight, _, labels = make_inputs(26, 16, 97, torch.float32, bias=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, grad_hidden, grad_weight, _ = forward_backward(
+            lambda h, w, b: linear_cross_entropy(h, w, labels, backend="torch"), hidden, weight, None, torch.tensor(1.0))
+    assert seen == [(torch.bfloat16, torch.bfloat16)]
+    assert grad_hidden.dtype == grad_weight.dtype == torch.float32
+    expected = reference(labels, "mean")(hidden.bfloat16(), weight.bfloat16(), None)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)  # the loss of the bf16 products
+
+
+@pytest.mark.parametrize("N, V, itemsize, device, expected", [
+    (8192, 50257, 2, "cuda", 2048),   # GPT-2's head, bf16: 256 MiB -> 2670 rows -> 4 even chunks
+    (8192, 128256, 2, "cuda", 1639),  # LLaMA-3's: 1046 rows fit 256 MiB, below the 1600-row floor: 5 chunks
+    (8192, 128256, 4, "cuda", 1639),  # fp32 (TF32): half the FLOP per byte, twice the bytes: the same floor
+    (8192, 50257, 4, "cpu", 328),     # 64 MiB -> 333 rows -> 25 chunks of 328
+    (100, 50257, 4, "cpu", 100),      # fewer rows than the budget: one chunk
+    (1800, 50257, 2, "cuda", 1800),   # 2 chunks fit the budget, but 900 rows would fall below the floor
+])
+def test_chunk_rows(N, V, itemsize, device, expected):
+    rows = linear_module.chunk_rows(N, V, itemsize, device)
+    assert rows == expected
+    if device == "cuda":  # the point of the floor: W's traffic under a quarter of the GEMMs' time at 300 FLOP/B
+        chunks, H = -(-N // rows), 4096
+        traffic_s, gemm_s = chunks * 4 * V * H * itemsize / 3.35e12, 6 * N * H * V / (3.35e12 * 300 * 2 / itemsize)
+        assert traffic_s <= gemm_s / 4 + 1e-12
+
+
+def test_given_chunk_bytes_is_a_budget_spread_evenly():
+    assert linear_module.chunk_rows(26, 97, 4, "cuda", chunk_bytes=7 * 97 * 4) == 7  # 7 + 7 + 7 + 5: 4 chunks of <= 7
+    assert linear_module.chunk_rows(30, 97, 4, "cpu", chunk_bytes=16 * 97 * 4) == 15  # 2 chunks of 15, not 16 + 14
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scale_is_folded_into_the_forward(backend, dtype):
+    hidden, weight, b, labels = make_inputs(26, 16, 97, dtype, bias=True)
+    scale = 1 / 137
+    ours = forward_backward(lambda h, w, bb: linear_cross_entropy(h, w, labels, bb, reduction="sum", backend=backend,
+                                                                  scale=scale, chunk_bytes=7 * 97 * 4),
+                            hidden, weight, b, torch.tensor(1.0))
+    expected = forward_backward(lambda h, w, bb: reference(labels, "sum")(h, w, bb) * scale,
+                                hidden, weight, b, torch.tensor(1.0))
+    assert_all_close(ours, expected, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fp16_gradient_does_not_underflow(backend):
+    # As for cross_entropy: the mean over 512 rows folded into fp16 logits' gradient flushes most of it to
+    # zero before a GradScaler's 2**16 arrives; kept for backward, grad_W (fp32 inside) and grad_hidden keep it.
+    N, H, V, grad_scale = 512, 16, 96, 2.0**16
+    hidden, weight = torch.randn(N, H).half(), (2 * torch.randn(V, H)).half()  # logits of std ~8: small p
+    labels = torch.randint(0, V, (N,))
+    ours = forward_backward(lambda h, w, b: linear_cross_entropy(h, w, labels, backend=backend),
+                            hidden, weight, None, torch.tensor(grad_scale))
+    expected = forward_backward(lambda h, w, b: reference(labels, "mean")(h.float(), w.float(), None),
+                                hidden, weight, None, torch.tensor(grad_scale))
+    for a, e in zip(ours[1:3], expected[1:3]):
+        assert a.dtype == torch.float16
+        torch.testing.assert_close(a.float(), e.float(), rtol=2**-8, atol=2**-8 * e.abs().max().item())

@@ -11,6 +11,7 @@ import pytest
 import torch
 from fresh_process import run_in_fresh_process
 
+from minift.kernels.fused_linear_cross_entropy import chunk_rows
 from minift.memory import (
     PeakProbe,
     RunSpec,
@@ -201,7 +202,8 @@ def test_head_matmuls_are_the_products_the_step_runs(peft, loss):
 
 def test_fused_linear_head_products_run_one_chunk_of_rows_at_a_time():
     spec = RunSpec(model_config("gpt2"), LoraConfig(rank=8), loss="fused-linear", batch_size=4, seq_len=512)
-    assert predict(spec).head_matmuls.rows == 64 * 2**20 // (50257 * 4) == 333  # kernels.linear_cross_entropy's chunk
+    # kernels.linear_cross_entropy's chunk: 64 MiB holds 333 rows, so 2044 rows take 7 chunks of 292
+    assert predict(spec).head_matmuls.rows == chunk_rows(4 * 511, 50257, 4, "cpu") == 292
     assert predict(dataclasses.replace(spec, loss="fused")).head_matmuls.rows == spec.scored_tokens == 4 * 511
 
 
