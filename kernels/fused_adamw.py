@@ -33,8 +33,11 @@ this over flat buffers (all parameters viewed into one contiguous buffer per gro
   so a state_dict saved by either optimizer loads into the other unchanged.
 What it costs instead, per step and per (group, device, dtype): a host-built table of 5 int64 and
 2 fp32 per tensor (~7 KB for GPT-2's 148 tensors) copied to the GPU asynchronously from pinned
-memory; the block table (8 B per block of 4096 elements, ~240 KB for GPT-2) is built once per set
-of tensor sizes and cached. No parameter, gradient or moment is ever copied.
+memory; the block table (8 B per block of 1024 elements, ~1 MB for GPT-2, 0.03% of the step's bytes)
+is built once per set of tensor sizes and cached. No parameter, gradient or moment is ever copied.
+Tensors whose addresses are all 16-byte aligned (every fresh CUDA allocation) get 128-bit accesses;
+any others, e.g. views at an odd offset, go in a second launch that makes no such promise, so one
+misaligned tensor does not slow the rest.
 
 Moments are kept in the parameter's dtype, as torch.optim.AdamW keeps them (so state_dicts stay
 interchangeable): fp32 for fp32 parameters; for bf16/fp16 parameters m and v are bf16/fp16 in
@@ -161,9 +164,12 @@ def _adamw_torch(
                 t.copy_(t32)  # round back to bf16/fp16
 
 
-# 4096 elements per program, 8 warps: 16 fp32 per thread per tensor, four 128-bit accesses each.
-# A common choice for streaming kernels, not yet tuned on a GPU (benchmarks/bench_adamw.py measures it).
-BLOCK_SIZE = 4096
+# 1024 elements per program, 8 warps: 4 fp32 per thread per tensor, one 128-bit access each. The
+# program then needs ~45 registers a thread (38-45 compiled for sm_80/sm_90 by Triton 3.7 and 3.9, no
+# spills: tests/kernels/test_aot_compile.py), so 5 programs (62% of an SM's 2048 threads) are resident to
+# hide HBM latency; 4096 elements needed 128 (Triton 3.9) to 188 (3.7) registers: 1-2 programs an SM.
+# Not yet timed on a GPU (benchmarks/gpu_suite.py measures it).
+BLOCK_SIZE = 1024
 NUM_WARPS = 8
 
 
@@ -211,31 +217,35 @@ def _adamw_triton(
     device = params[0].device
     if device.type == "cuda" and interpreter_enabled():
         raise RuntimeError("FusedAdamW's Triton kernel cannot run on CUDA tensors with TRITON_INTERPRET=1")
-    rows, scalars = [], []
+    launches = {True: ([], []), False: ([], [])}  # by alignment: (address rows, scalar rows)
     for p, g, m, v, step in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
         if not (p.is_contiguous() and g.is_contiguous() and m.is_contiguous() and v.is_contiguous()):
             raise ValueError("FusedAdamW's Triton kernel needs contiguous parameters and gradients; use backend='torch'")
-        rows.append([p.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(), p.numel()])
+        row = [p.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(), p.numel()]
+        rows, scalars = launches[all(addr % 16 == 0 for addr in row[:4])]
+        rows.append(row)
         scalars.append([lr / (1 - beta1**step), math.sqrt(1 - beta2**step)])  # float64 here, fp32 in the kernel
-    aligned = all(addr % 16 == 0 for row in rows for addr in row[:4])
-    blocks = _block_table(tuple(row[4] for row in rows), device)
-    # Triton launches on the current CUDA device, which need not be the parameters' device.
-    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        _adamw_kernel[(len(blocks),)](
-            _to_device(torch.tensor(rows, dtype=torch.int64), device),
-            _to_device(torch.tensor(scalars, dtype=torch.float32), device),
-            blocks,
-            1 - lr * weight_decay,
-            1 - beta1,
-            beta2,
-            1 - beta2,
-            eps,
-            DTYPE=_TL_DTYPES[params[0].dtype],
-            ALIGNED=aligned,
-            BLOCK_SIZE=BLOCK_SIZE,
-            num_warps=NUM_WARPS,
-            enable_fp_fusion=True,  # FMAs, as nvcc compiles torch's fused AdamW; explicit: Triton 3.10 turns the default off
-        )
+    for aligned, (rows, scalars) in launches.items():
+        if not rows:
+            continue
+        blocks = _block_table(tuple(row[4] for row in rows), device)
+        # Triton launches on the current CUDA device, which need not be the parameters' device.
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            _adamw_kernel[(len(blocks),)](
+                _to_device(torch.tensor(rows, dtype=torch.int64), device),
+                _to_device(torch.tensor(scalars, dtype=torch.float32), device),
+                blocks,
+                1 - lr * weight_decay,
+                1 - beta1,
+                beta2,
+                1 - beta2,
+                eps,
+                DTYPE=_TL_DTYPES[params[0].dtype],
+                ALIGNED=aligned,
+                BLOCK_SIZE=BLOCK_SIZE,
+                num_warps=NUM_WARPS,
+                enable_fp_fusion=True,  # FMAs, as nvcc compiles torch's fused AdamW; explicit: Triton 3.10 turns the default off
+            )
     for p in params:
         # Triton's writes are invisible to autograd; bump the version as torch's in-place ops do, so a
         # backward that saved a parameter before this step raises instead of using the new values.

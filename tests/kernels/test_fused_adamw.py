@@ -293,3 +293,32 @@ def test_kernel_writes_stay_inside_each_tensor():
     torch.optim.AdamW(ref_params).step()
     torch.testing.assert_close([a, b], ref_params, **FP32)
     assert (buffer[BLOCK_SIZE - 1 : BLOCK_SIZE + 1] == 7.0).all() and (buffer[2 * BLOCK_SIZE + 2 :] == 7.0).all()
+
+
+@requires_triton
+def test_a_misaligned_tensor_gets_its_own_launch(monkeypatch):
+    """One view 4 B past a 16 B boundary must not take the 128-bit promise away from the others: the
+    aligned tensors go in one launch with ALIGNED=True, the misaligned one in a second without it."""
+    import minift.kernels.fused_adamw as adamw_module
+
+    launches, real = [], adamw_module._adamw_kernel
+
+    class Spy:  # records each launch's (ALIGNED, number of tensors), then runs the real kernel
+        def __getitem__(self, grid):
+            def launch(tensors, *args, **kwargs):
+                launches.append((kwargs["ALIGNED"], len(tensors)))
+                return real[grid](tensors, *args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(adamw_module, "_adamw_kernel", Spy())
+    buffer = torch.zeros(3 * BLOCK_SIZE, device=DEVICE)
+    params = [torch.nn.Parameter(torch.randn(300, device=DEVICE)), torch.nn.Parameter(buffer[1 : BLOCK_SIZE + 1]),
+              torch.nn.Parameter(torch.randn(7, 5, device=DEVICE))]
+    reference = _clone(params)
+    for p, r in zip(params, reference):
+        p.grad = torch.randn(p.shape, device=DEVICE)
+        r.grad = p.grad.clone()
+    FusedAdamW(params, backend="triton").step()
+    torch.optim.AdamW(reference).step()
+    assert launches == [(True, 2), (False, 1)]
+    torch.testing.assert_close(params, reference, **FP32)
