@@ -56,10 +56,10 @@ def gpt2_shapes(n_layer: int = 12, n_embd: int = 768, vocab_size: int = 50257, b
     return shapes + [(n_embd,), (n_embd,)]  # ln_f
 
 
-def make_step(variant: str, shapes: list[tuple], device: str):
+def make_step(variant: str, shapes: list[tuple], device: str, dtype: torch.dtype = torch.float32):
     """Parameters with gradients and an optimizer over them; returns its `step`."""
     torch.manual_seed(0)
-    params = [torch.randn(s, device=device).mul_(0.02).requires_grad_() for s in shapes]
+    params = [torch.randn(s, device=device, dtype=dtype).mul_(0.02).requires_grad_() for s in shapes]
     for p in params:
         p.grad = torch.randn_like(p).mul_(1e-3)
     groups = [

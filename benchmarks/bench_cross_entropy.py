@@ -74,11 +74,22 @@ def linear_cross_entropy_variants(device: str) -> dict:
     return variants
 
 
+def ignored_rows(n: int) -> int:
+    """Rows of `make_inputs` whose label is ignore_index: the first quarter."""
+    return n // 4
+
+
+def cross_entropy_bytes(n: int, v: int, itemsize: int, n_ignored: int) -> int:
+    """The memory traffic of minift's cross-entropy kernel: a scored row reads its logits twice (the log-sum-exp
+    pass, the gradient pass) and writes the gradient once; an ignored row only writes its zero gradient."""
+    return (3 * (n - n_ignored) + n_ignored) * v * itemsize
+
+
 def make_inputs(op: str, n: int, h: int, v: int, dtype: torch.dtype, device: str) -> list[torch.Tensor]:
     """Seeded inputs; the float ones require grad (the head is trained, as with a tied embedding)."""
     gen = torch.Generator(device="cpu").manual_seed(0)
     labels = torch.randint(0, v, (n,), generator=gen).to(device)
-    labels[: n // 4] = -100  # a prompt-masked quarter, as in instruction tuning
+    labels[: ignored_rows(n)] = -100  # a prompt-masked quarter, as in instruction tuning
     if op == "cross_entropy":
         logits = torch.randn(n, v, generator=gen).to(device, dtype).requires_grad_()
         return [logits, labels]
@@ -143,11 +154,11 @@ def measure_gpu(op: str, variant: str, n: int, h: int, v: int, dtype: str) -> di
 
 
 def throughput(op: str, n: int, h: int, v: int, dtype: str, seconds: float, device: str) -> dict:
-    """Achieved rates. cross_entropy: GB/s = 3 * N * V * itemsize / t, the traffic of our two-pass
-    kernel (read the logits twice, write the gradient once), as a fraction of the device's peak.
-    linear_cross_entropy: TFLOP/s = 6 * N * H * V / t (logits, grad_hidden and grad_weight GEMMs)."""
+    """Achieved rates. cross_entropy: GB/s = `cross_entropy_bytes` / t, the traffic of our two-pass kernel
+    on `make_inputs`' labels, as a fraction of the device's peak. linear_cross_entropy: TFLOP/s =
+    6 * N * H * V / t (logits, grad_hidden and grad_weight GEMMs)."""
     if op == "cross_entropy":
-        gbps = 3 * n * v * DTYPES[dtype].itemsize / seconds / 1e9
+        gbps = cross_entropy_bytes(n, v, DTYPES[dtype].itemsize, ignored_rows(n)) / seconds / 1e9
         peak = peak_bandwidth(device)
         return {"GB/s": round(gbps, 1), "of_peak_bw": round(gbps * 1e9 / peak, 3) if peak else None}
     return {"TFLOP/s": round(6 * n * h * v / seconds / 1e12, 3)}

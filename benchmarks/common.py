@@ -19,6 +19,17 @@ PEAK_BANDWIDTH = [
 ]
 
 
+# Peak dense bf16 tensor-core FLOP/s from the same data sheets (no sparsity), matched the same way.
+PEAK_BF16_FLOPS = [
+    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12),
+]
+
+
+def flops_of(name: str) -> float | None:
+    """The peak dense bf16 FLOP/s PEAK_BF16_FLOPS lists for a device name (None if unlisted)."""
+    return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None)
+
+
 def device_name(device: str | torch.device = "cpu") -> str:
     """A human name for the device, e.g. 'NVIDIA H100 80GB HBM3' or 'CPU: AMD EPYC (2 cores)'."""
     device = torch.device(device)

@@ -167,8 +167,10 @@ def build_minift_step(spec, tiny: bool = False) -> StepParts:
     n = int((shifted_targets(labels) != IGNORE_INDEX).sum())
 
     def forward() -> torch.Tensor:
-        loss, _ = loss_module(ids, labels, None)  # right-padded batches need no mask (minift.train)
-        return loss / n  # the token-mean, as minift.training normalises by the step's completion tokens
+        # the token-mean, as minift.training normalises by the step's completion tokens (folded into the loss);
+        # right-padded batches need no mask
+        loss, _ = loss_module(ids, labels, None, scale=1 / n)
+        return loss
 
     return StepParts(model, optimizer, forward)
 
