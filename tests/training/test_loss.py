@@ -68,3 +68,28 @@ def test_tf32_is_set_on_cuda_only():
         assert torch.backends.cuda.matmul.allow_tf32 is True and torch.backends.cudnn.allow_tf32 is True
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_the_loop_folds_the_step_normalisation_into_the_loss(monkeypatch, tmp_path, review_examples, tiny_tokenizer):
+    # The loop passes 1 / (the step's tokens) as the loss's scale and calls backward() on what the loss returns:
+    # the gradient arriving at that loss is exactly 1, so the fused losses have nothing to rescale.
+    import minift.training.loop as loop
+    from minift.data import Batches
+    from minift.training import TrainConfig, train
+
+    seen = []
+
+    class Recording(CompletionLoss):
+        def forward(self, *args, **kwargs):
+            loss, n = super().forward(*args, **kwargs)
+            loss.register_hook(lambda grad: seen.append((kwargs.get("scale"), float(grad))))
+            return loss, n
+
+    monkeypatch.setattr(loop, "CompletionLoss", Recording)
+    model = GPT(GPTConfig(vocab_size=tiny_tokenizer.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=16))
+    config = TrainConfig(out_dir=str(tmp_path / "run"), max_steps=1, batch_size=8, micro_batch_size=4, progress=False)
+    batches = Batches(review_examples[0], 8, tiny_tokenizer.pad_id, seed=0)
+    first = next(Batches(review_examples[0], 8, tiny_tokenizer.pad_id, seed=0))
+    train(model, batches, [], tiny_tokenizer.pad_id, config)
+    n_tokens = int((first["labels"][:, 1:] != -100).sum())
+    assert seen == [(1 / n_tokens, 1.0), (1 / n_tokens, 1.0)]  # two micro-batches, one scale for the whole step
