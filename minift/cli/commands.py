@@ -134,7 +134,7 @@ def _add_memory(sub):
                        "configuration (plus the BLAS's matrix-product workspace, measured by replaying the output "
                        "head's products) and measured in a fresh process (peak resident memory on CPU, the CUDA "
                        "allocator's peak on GPU).")
-    p.add_argument("--model", default="gpt2", help="a preset (tiny, gpt2, gpt2-medium, ...; random weights) or a checkpoint directory (default: gpt2)")
+    p.add_argument("--model", default="gpt2", help="a preset (tiny, gpt2, gpt2-medium, ...; random weights), a checkpoint directory or a config.json (default: gpt2)")
     p.add_argument("--method", default=FinetuneConfig.method, choices=METHODS, help=f"(default: {FinetuneConfig.method})")
     add_options(p, RunSpec, "spec", skip=("model", "peft", "optimizer", "loss", "device", "checkpoint"))
     # the step's optimizer, loss and device are a training run's: the same knobs and defaults as training
@@ -154,6 +154,9 @@ def run_memory(args) -> None:
     spec = RunSpec(model_config(args.model), peft_config(args, args.method), optimizer=optimizer, loss=loss,
                    device=device.type, checkpoint=str(Path(args.model).resolve()) if Path(args.model).is_dir() else None,
                    **given(args, "spec"))
+    if spec.ranks > 1 and not args.predict_only:
+        raise ValueError(f"--ranks {spec.ranks} is predicted only here (add --predict-only); measure a rank under "
+                         "torchrun instead (README: parallel strategies)")
     # --predict-only is arithmetic alone; a measured run also measures the BLAS workspace (minift.memory.ledger)
     prediction = predict(spec, None if args.predict_only else measure_gemm_workspace(spec))
     measured = None if args.predict_only else measure(spec, tracking_malloc=not args.default_malloc)

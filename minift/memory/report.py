@@ -50,6 +50,9 @@ def format_ledger(prediction: Prediction, measured: dict | None = None) -> str:
     lines.append(f"bytes per parameter at the peak: {per_param} "
                  f"(weights + gradients + optimizer state alone: "
                  f"{(built + p.sizes['gradients'] + p.sizes['optimizer_state']) / p.total_params:.2f})")
+    states = p.sizes["weights_frozen"] + p.sizes["weights_trainable"] + p.sizes["gradients"] + p.sizes["optimizer_state"]
+    lines.append(f"model states (weights + gradients + optimizer state){' per rank' if spec.ranks > 1 else ''}: "
+                 f"{states / 1e9:,.3g} GB ({states / 2**20:,.1f} MiB; ZeRO's Figure 1 counts in GB of 10^9 bytes)")
     parts = " + ".join(f"{LABELS[c]} {_mib(b)}" for c, b in peak.bytes.items() if b)
     lines += ["", f"predicted peak at '{peak.name}': {parts}", f"  transient: {peak.transient}"]
     if measured:
