@@ -23,7 +23,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+import minift.training.distributed as dist
 
 
 @dataclass(frozen=True)
@@ -82,9 +85,39 @@ def shard_model(model: nn.Module, strategy: Strategy, device: torch.device) -> n
     gpt = model.base_model if hasattr(model, "base_model") else model
     for block in gpt.transformer.h:
         fully_shard(block, reshard_after_forward=strategy.reshard_after_forward, mp_policy=policy)
-    fully_shard(model, reshard_after_forward=strategy.reshard_after_forward, mp_policy=policy)
+    # the root's weights (the embeddings and the tied head) are used first in backward: kept gathered
+    # from forward to backward under every strategy, as FSDP2 itself does for a root it chooses
+    fully_shard(model, reshard_after_forward=False, mp_policy=policy)
+    # the loss (minift.training.CompletionLoss) calls hidden_states, not forward: FSDP2 must gather the
+    # root unit's weights (embeddings, final norm, the tied head) around that call too
+    register_fsdp_forward_method(model, "hidden_states")
     return model
+
+
+def parallelize(model: nn.Module, loss_module: nn.Module, strategy: str, device: torch.device) -> nn.Module:
+    """Make `model` (trained through `loss_module`) data-parallel over torchrun's ranks; returns the
+    module to call for the loss. One process: both as they are. DDP: the loss module wrapped. FSDP2:
+    `model` sharded in place (build the optimizer after this call: its parameters are replaced)."""
+    plan = get_strategy(strategy)
+    if dist.world_size() == 1:
+        return loss_module
+    if not plan.fsdp:
+        return dist.wrap(loss_module, device)
+    shard_model(model, plan, device)
+    return loss_module
 
 
 def is_sharded(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
+
+
+def gather(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor on every rank (a collective for a sharded DTensor: call it on all ranks)."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def shard_like(whole: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`whole` split as `like` is (this rank's shard of it, as a DTensor), or `whole` if `like` is not sharded."""
+    if not isinstance(like, DTensor):
+        return whole
+    return distribute_tensor(whole.to(like.device, like.dtype), like.device_mesh, like.placements)
