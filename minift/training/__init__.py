@@ -11,7 +11,15 @@ sharding: `STRATEGIES`).
 
 from minift.training.loss import LOSSES, CompletionLoss, default_loss
 from minift.training.optim import OPTIMIZERS, build_optimizer, default_optimizer, learning_rate
-from minift.training.sharding import STRATEGIES, Strategy, get_strategy, shard_model, shard_numel
+from minift.training.sharding import (
+    STRATEGIES,
+    Strategy,
+    gathered_state_dict,
+    get_strategy,
+    is_sharded,
+    shard_model,
+    shard_numel,
+)
 from minift.training.config import SELECTIONS, TrainConfig
 from minift.training.log import MetricsLog, plot_curves, read_metrics
 from minift.training.snapshot import Snapshot, load_snapshot, save_snapshot
@@ -20,6 +28,7 @@ from minift.training.loop import RUN_FILES, TrainingDiverged, TrainResult, train
 __all__ = [
     "LOSSES", "OPTIMIZERS", "RUN_FILES", "SELECTIONS", "STRATEGIES",
     "CompletionLoss", "MetricsLog", "Snapshot", "Strategy", "TrainConfig", "TrainResult", "TrainingDiverged",
-    "build_optimizer", "default_loss", "default_optimizer", "get_strategy", "learning_rate", "load_snapshot", "plot_curves",
+    "build_optimizer", "default_loss", "default_optimizer", "gathered_state_dict", "get_strategy", "is_sharded",
+    "learning_rate", "load_snapshot", "plot_curves",
     "read_metrics", "save_snapshot", "shard_model", "shard_numel", "train",
 ]

@@ -116,6 +116,11 @@ def gather(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if isinstance(t, DTensor) else t
 
 
+def gathered_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """`model.state_dict()` with every sharded tensor whole (a collective: call on every rank)."""
+    return {k: gather(v) for k, v in model.state_dict().items()}
+
+
 def shard_like(whole: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """`whole` split as `like` is (this rank's shard of it, as a DTensor), or `whole` if `like` is not sharded."""
     if not isinstance(like, DTensor):
