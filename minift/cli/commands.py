@@ -10,7 +10,7 @@ from pathlib import Path
 from minift.cli.options import add_options, add_peft_options, add_signature_options, given, peft_config, peft_configs
 from minift.data import ALPACA_FORMAT, TASKS
 from minift.evaluation import evaluate_task
-from minift.memory import RunSpec, format_ledger, measure, measure_gemm_workspace, model_config, predict
+from minift.memory import RunSpec, format_ledger, measure, measure_gemm_workspace, measure_ranks, model_config, predict
 from minift.model import generate, load_model
 from minift.peft import METHODS, load_trainable
 from minift.recipes import (
@@ -154,12 +154,11 @@ def run_memory(args) -> None:
     spec = RunSpec(model_config(args.model), peft_config(args, args.method), optimizer=optimizer, loss=loss,
                    device=device.type, checkpoint=str(Path(args.model).resolve()) if Path(args.model).is_dir() else None,
                    **given(args, "spec"))
-    if spec.ranks > 1 and not args.predict_only:
-        raise ValueError(f"--ranks {spec.ranks} is predicted only here (add --predict-only); measure a rank under "
-                         "torchrun instead (README: parallel strategies)")
+    # several ranks: each measured under torchrun on this machine (minift.memory.ranked)
+    measure_run = measure_ranks if spec.ranks > 1 else measure
+    measured = None if args.predict_only else measure_run(spec, tracking_malloc=not args.default_malloc)
     # --predict-only is arithmetic alone; a measured run also measures the BLAS workspace (minift.memory.ledger)
     prediction = predict(spec, None if args.predict_only else measure_gemm_workspace(spec))
-    measured = None if args.predict_only else measure(spec, tracking_malloc=not args.default_malloc)
     if args.json:
         print(json.dumps({"spec": spec.to_dict(), "predicted": {"sizes": prediction.sizes, "peak": prediction.peak.total,
                           "phases": prediction.phase_peaks(), "moments": [dataclasses.asdict(m) for m in prediction.moments],

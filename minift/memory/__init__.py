@@ -17,12 +17,13 @@ from minift.memory.probes import PeakProbe, measure_in_subprocess, peak_rss_byte
 from minift.memory.saved import SavedTensorMeter, storage_bytes
 from minift.memory.step import StepParts, build_minift_step, measure, measure_categories, measure_step
 from minift.memory.workspace import measure_gemm_workspace
+from minift.memory.ranked import measure_ranks
 from minift.memory.report import format_ledger
 
 __all__ = [
     "CATEGORIES", "DTYPES", "LABELS", "PRECISIONS",
     "HeadMatmuls", "Moment", "PeakProbe", "Prediction", "RankState", "RunSpec", "SavedTensorMeter", "StepParts", "Walk",
     "build_minift_step", "format_ledger", "measure", "measure_categories", "measure_gemm_workspace",
-    "measure_in_subprocess", "measure_step", "meta_model", "model_config", "peak_rss_bytes", "predict", "rank_state",
+    "measure_in_subprocess", "measure_ranks", "measure_step", "meta_model", "model_config", "peak_rss_bytes", "predict", "rank_state",
     "reset_peak_rss", "rss_bytes", "storage_bytes",
 ]

@@ -17,6 +17,7 @@ from minift.training.sharding import (
     gathered_state_dict,
     get_strategy,
     is_sharded,
+    parallelize,
     shard_model,
     shard_numel,
 )
@@ -28,7 +29,7 @@ from minift.training.loop import RUN_FILES, TrainingDiverged, TrainResult, train
 __all__ = [
     "LOSSES", "OPTIMIZERS", "RUN_FILES", "SELECTIONS", "STRATEGIES",
     "CompletionLoss", "MetricsLog", "Snapshot", "Strategy", "TrainConfig", "TrainResult", "TrainingDiverged",
-    "build_optimizer", "default_loss", "default_optimizer", "gathered_state_dict", "get_strategy", "is_sharded",
+    "build_optimizer", "default_loss", "default_optimizer", "gathered_state_dict", "get_strategy", "is_sharded", "parallelize",
     "learning_rate", "load_snapshot", "plot_curves",
     "read_metrics", "save_snapshot", "shard_model", "shard_numel", "train",
 ]
