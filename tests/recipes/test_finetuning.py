@@ -94,8 +94,7 @@ def test_fsdp_finetune_under_torchrun_saves_a_model_one_process_loads(tiny_check
     argv = ["finetune", "--base", str(tiny_checkpoint), "--task", "reviews", "--method", method, "--strategy", "fsdp",
             "--n-train", "24", "--n-val", "8", "--n-test", "16", "--steps", "4", "--batch-size", "8", "--warmup-steps", "1",
             "--eval-every", "2", "--out", str(out), "--no-progress"]
-    port = {"full": 29561, "lora": 29563}[method]
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                     "-m", "minift.cli", *argv], check=True, env=env, capture_output=True, timeout=300)
     record = json.loads((out / "result.json").read_text())
     assert record["steps"] == 4 and record["config"]["train"]["strategy"] == "fsdp"

@@ -30,8 +30,8 @@ def _model_config(tokenizer) -> GPTConfig:
     return GPTConfig(vocab_size=tokenizer.vocab_size, block_size=128, n_layer=2, n_head=2, n_embd=32)
 
 
-def _torchrun(directory: Path, model: GPT, tokenizer, examples, runs: list[dict], port: int, check=True):
-    """Write the worker's inputs into `directory` (once) and run its `runs` on 2 ranks."""
+def _torchrun(directory: Path, model: GPT, tokenizer, examples, runs: list[dict], check=True):
+    """Write the worker's inputs into `directory` (once) and run its `runs` on 2 ranks (--standalone: a free port)."""
     if not (directory / "init.safetensors").exists():
         directory.mkdir(exist_ok=True)
         save_file({k: v.clone() for k, v in model.state_dict().items() if k != "lm_head.weight"}, directory / "init.safetensors")
@@ -39,8 +39,10 @@ def _torchrun(directory: Path, model: GPT, tokenizer, examples, runs: list[dict]
     (directory / "config.json").write_text(json.dumps({"model": dataclasses.asdict(model.config), "pad_id": tokenizer.pad_id,
                                                        "runs": runs}))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-                           str(WORKER), str(directory)], check=check, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(WORKER), str(directory)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 or not check, done.stderr[-3000:]
+    return done
 
 
 def _single(model: GPT, examples, tokenizer, out: Path, **overrides) -> GPT:
@@ -60,7 +62,7 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(tiny_tokenizer, 
     torch.manual_seed(0)
     model = GPT(_model_config(tiny_tokenizer))
     examples = qa_examples[0]  # completions of different lengths: each rank holds a different token count
-    _torchrun(tmp_path / "ddp", model, tiny_tokenizer, examples, [{"name": "final", "train": {**TRAIN, "out_dir": str(tmp_path / "ddp" / "run")}}], 29533)
+    _torchrun(tmp_path / "ddp", model, tiny_tokenizer, examples, [{"name": "final", "train": {**TRAIN, "out_dir": str(tmp_path / "ddp" / "run")}}])
     _single(model, examples, tiny_tokenizer, tmp_path / "single")
     ddp = load_file(tmp_path / "ddp" / "final.safetensors")
     # the gradient is summed over ranks in another order than over rows: fp32 rounding only
@@ -79,11 +81,11 @@ def test_sharded_ranks_equal_one_process_and_resume_exactly_after_a_kill(tiny_to
     adamw = dict(optimizer="adamw", lr=1e-2, eval_every=2, strategy="zero3")
     runs = [run("zero3", strategy="zero3"), {**run("lora-zero2", strategy="zero2"), "lora": {"rank": 4}},
             {**run("whole", **adamw), "validate": True}, {**run("killed", **adamw), "validate": True, "exit_at_draw": 4}]
-    killed = _torchrun(d, init, tiny_tokenizer, examples, runs, 29537, check=False)
+    killed = _torchrun(d, init, tiny_tokenizer, examples, runs, check=False)
     assert killed.returncode != 0 and (d / "killed" / "snapshots" / "step-0000002").is_dir(), killed.stderr[-2000:]
     assert [r["step"] for r in read_metrics(d / "killed" / "metrics.jsonl") if r["kind"] == "train"] == [1, 2, 3]
     _torchrun(d, init, tiny_tokenizer, examples, [{**runs[3], "train": {**runs[3]["train"], "resume": True},
-                                                   "exit_at_draw": None}], 29539)
+                                                   "exit_at_draw": None}])
 
     # zero3, full fine-tuning, and zero2 over a LoRA model whose frozen base is sharded too: as one process,
     # to fp32 rounding (the reduce-scatter sums the ranks' gradients in another order than one process its rows)
