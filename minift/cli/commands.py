@@ -7,6 +7,7 @@ import inspect
 import json
 from pathlib import Path
 
+import minift.training.distributed as dist
 from minift.cli.options import add_options, add_peft_options, add_signature_options, given, peft_config, peft_configs
 from minift.data import ALPACA_FORMAT, TASKS
 from minift.evaluation import evaluate_task
@@ -71,6 +72,8 @@ def run_pretrain(args) -> None:
     config = PretrainConfig(**given(args, "pretrain"))
     config.train = dataclasses.replace(config.train, **given(args, "train"))
     _, _, record = pretrain(config)
+    if dist.rank() != 0:  # under torchrun every rank has the same record: one prints it
+        return
     print(json.dumps({k: record[k] for k in ("parameters", "corpus", "steps", "final_train_loss", "val_loss", "train_time_s")}, indent=2))
     print(f"base model written to {config.out}")
 
@@ -98,6 +101,8 @@ def finetune_config(args) -> FinetuneConfig:
 def run_finetune(args) -> None:
     config = finetune_config(args)
     record = finetune(config)
+    if dist.rank() != 0:  # under torchrun every rank has the same record: one prints it
+        return
     print(f"{record['task']} / {record['method']}: "
           f"trainable params: {record['trainable_parameters']:,} || all params: {record['total_parameters']:,} || "
           f"trainable%: {record['trainable_percent']:.4f}")

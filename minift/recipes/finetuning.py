@@ -77,7 +77,10 @@ def finetune(config: FinetuneConfig) -> dict:
     """
     t0 = time.perf_counter()
     t = config.train
-    claim_outputs(t.out_dir, ("model", "adapter", "result.json", *RUN_FILES), t.overwrite, t.resume, resumable=True)
+    dist.setup()  # under torchrun: join the ranks now, so that one of them alone claims out_dir
+    if dist.rank() == 0:
+        claim_outputs(t.out_dir, ("model", "adapter", "result.json", *RUN_FILES), t.overwrite, t.resume, resumable=True)
+    dist.barrier()
     torch.manual_seed(config.seed)  # the same initial adapter on every rank: FSDP2 shards each rank's own copy
     model, tokenizer = _model(config)
     # after apply_peft: prompt tuning's virtual tokens take part of the context
