@@ -37,6 +37,7 @@ def test_every_notebook_is_found_with_its_solutions():
     assert [p.stem for p in NOTEBOOKS] == [
         "01_transformer_and_pretraining", "02_prompt_templates_and_datasets", "03_full_instruction_finetuning",
         "04_forgetting_and_multitask", "05_lora_and_peft", "06_memory", "07_triton_kernels",
+        "08_parallel_strategies",
     ]
     assert [p.stem for p in SOLUTIONS] == [p.stem + "_solutions" for p in NOTEBOOKS]
 

@@ -7,10 +7,11 @@ import inspect
 import json
 from pathlib import Path
 
+import minift.training.distributed as dist
 from minift.cli.options import add_options, add_peft_options, add_signature_options, given, peft_config, peft_configs
 from minift.data import ALPACA_FORMAT, TASKS
 from minift.evaluation import evaluate_task
-from minift.memory import RunSpec, format_ledger, measure, measure_gemm_workspace, model_config, predict
+from minift.memory import RunSpec, format_ledger, measure, measure_gemm_workspace, measure_ranks, model_config, predict
 from minift.model import generate, load_model
 from minift.peft import METHODS, load_trainable
 from minift.recipes import (
@@ -71,6 +72,8 @@ def run_pretrain(args) -> None:
     config = PretrainConfig(**given(args, "pretrain"))
     config.train = dataclasses.replace(config.train, **given(args, "train"))
     _, _, record = pretrain(config)
+    if dist.rank() != 0:  # under torchrun every rank has the same record: one prints it
+        return
     print(json.dumps({k: record[k] for k in ("parameters", "corpus", "steps", "final_train_loss", "val_loss", "train_time_s")}, indent=2))
     print(f"base model written to {config.out}")
 
@@ -98,6 +101,8 @@ def finetune_config(args) -> FinetuneConfig:
 def run_finetune(args) -> None:
     config = finetune_config(args)
     record = finetune(config)
+    if dist.rank() != 0:  # under torchrun every rank has the same record: one prints it
+        return
     print(f"{record['task']} / {record['method']}: "
           f"trainable params: {record['trainable_parameters']:,} || all params: {record['total_parameters']:,} || "
           f"trainable%: {record['trainable_percent']:.4f}")
@@ -134,7 +139,7 @@ def _add_memory(sub):
                        "configuration (plus the BLAS's matrix-product workspace, measured by replaying the output "
                        "head's products) and measured in a fresh process (peak resident memory on CPU, the CUDA "
                        "allocator's peak on GPU).")
-    p.add_argument("--model", default="gpt2", help="a preset (tiny, gpt2, gpt2-medium, ...; random weights) or a checkpoint directory (default: gpt2)")
+    p.add_argument("--model", default="gpt2", help="a preset (tiny, gpt2, gpt2-medium, ...; random weights), a checkpoint directory or a config.json (default: gpt2)")
     p.add_argument("--method", default=FinetuneConfig.method, choices=METHODS, help=f"(default: {FinetuneConfig.method})")
     add_options(p, RunSpec, "spec", skip=("model", "peft", "optimizer", "loss", "device", "checkpoint"))
     # the step's optimizer, loss and device are a training run's: the same knobs and defaults as training
@@ -154,9 +159,11 @@ def run_memory(args) -> None:
     spec = RunSpec(model_config(args.model), peft_config(args, args.method), optimizer=optimizer, loss=loss,
                    device=device.type, checkpoint=str(Path(args.model).resolve()) if Path(args.model).is_dir() else None,
                    **given(args, "spec"))
+    # several ranks: each measured under torchrun on this machine (minift.memory.ranked)
+    measure_run = measure_ranks if spec.ranks > 1 else measure
+    measured = None if args.predict_only else measure_run(spec, tracking_malloc=not args.default_malloc)
     # --predict-only is arithmetic alone; a measured run also measures the BLAS workspace (minift.memory.ledger)
     prediction = predict(spec, None if args.predict_only else measure_gemm_workspace(spec))
-    measured = None if args.predict_only else measure(spec, tracking_malloc=not args.default_malloc)
     if args.json:
         print(json.dumps({"spec": spec.to_dict(), "predicted": {"sizes": prediction.sizes, "peak": prediction.peak.total,
                           "phases": prediction.phase_peaks(), "moments": [dataclasses.asdict(m) for m in prediction.moments],

@@ -27,6 +27,11 @@ saves the (N,) int64 index) and then:
 - fused-linear: the logits never exist whole; one chunk of them (`chunk_rows`), and the gradients of the
   hidden rows (N C s) and of the head (V C s, when it trains) are computed in the forward pass.
 
+Under a parallel strategy (`RunSpec.strategy` over `RunSpec.ranks`) every figure is one rank's: its
+share of the weights, gradients and optimizer state, and its communication buffers (DDP's gradient
+buckets, FSDP2's all-gathered weights and reduce-scatter buffers), as `minift.memory.ranks` derives them
+after ZeRO (Rajbhandari et al. 2020); the activations are those of the rank's own batch_size rows.
+
 The peak is the largest of a few moments of the second step (the first has no optimizer state
 yet); `Prediction.moments` lists them, each with its bytes by category.
 
@@ -49,10 +54,11 @@ import torch.nn as nn
 from minift.kernels.fused_cross_entropy import REFERENCE_CHUNK_BYTES
 from minift.kernels.fused_linear_cross_entropy import chunk_rows
 from minift.memory.activations import Storage, Walk, block_backward_bytes
+from minift.memory.ranks import rank_state
 from minift.memory.spec import DTYPES, RunSpec, meta_model
 
-CATEGORIES = ("weights_frozen", "weights_trainable", "gradients", "optimizer_state", "activations", "loss", "workspace",
-              "transient")
+CATEGORIES = ("weights_frozen", "weights_trainable", "gradients", "optimizer_state", "activations", "loss",
+              "communication", "workspace", "transient")
 LABELS = {
     "weights_frozen": "weights, frozen",
     "weights_trainable": "weights, trainable",
@@ -60,6 +66,7 @@ LABELS = {
     "optimizer_state": "optimizer state",
     "activations": "activations saved for backward",
     "loss": "logits and loss buffers",
+    "communication": "communication buffers",
     "workspace": "BLAS workspace (measured)",
     "transient": "transient",
 }
@@ -191,14 +198,10 @@ def predict(spec: RunSpec, gemm_workspace: dict[str, int] | None = None) -> Pred
 
     params = list(model.parameters())  # a tied tensor appears once
     trainable = [p for p in params if p.requires_grad]
-    nbytes = lambda ps: sum(p.numel() * p.element_size() for p in ps)
-    w_frozen, w_train = nbytes([p for p in params if not p.requires_grad]), nbytes(trainable)
-    grads = w_train
-    if spec.optimizer == "sgd":
-        state = w_train  # momentum buffer
-    else:
-        state = 2 * w_train + 4 * len(trainable)  # exp_avg, exp_avg_sq; a 0-dim fp32 step per tensor
-    optimizer_temp, optimizer_label = _optimizer_temporaries(spec, trainable)
+    rank = rank_state(spec, model, gpt)  # one rank's share under spec.strategy (minift.memory.ranks)
+    nbytes = rank.grad_bytes  # the gradients of some parameters, as this rank holds them
+    grads = nbytes(trainable)
+    optimizer_temp, optimizer_label = _optimizer_temporaries(spec, trainable, rank.optimizer_numel)
 
     # ---- forward: what autograd saves
     stats_s = s if spec.device == "cpu" else 4  # LayerNorm mean/rstd: the input's dtype on CPU, fp32 on CUDA
@@ -228,38 +231,42 @@ def predict(spec: RunSpec, gemm_workspace: dict[str, int] | None = None) -> Pred
     head_trains = gpt.lm_head.weight.requires_grad
     loss = _loss(spec, head_trains, hidden.grad)
     held = sum(b for _, b in loss.held)
-    head_grad = V * C * s if head_trains else 0
+    head_grad = nbytes([gpt.lm_head.weight]) if head_trains else 0
     ln_f_grads = nbytes([p for p in gpt.transformer.ln_f.parameters() if p.requires_grad])
     last_block_grads = nbytes([p for p in gpt.transformer.h[-1].parameters() if p.requires_grad])
     dx = rows * C * s  # the gradient flowing back through the residual stream, (B, T', C)
     recompute = block_saved[-1] if spec.activation_checkpointing else 0
     embedding_grad = V * C * s if wte.requires_grad else 0  # the lookup's dense (V, C) gradient, then added to wte.grad
 
-    fixed = dict(weights_frozen=w_frozen, weights_trainable=w_train, optimizer_state=state)
+    fixed = dict(weights_frozen=rank.weights[0], weights_trainable=rank.weights[1], optimizer_state=rank.optimizer_state)
+    fixed_now = lambda phase: {**fixed, "communication": rank.communication[phase]}
     moments = [
-        Moment("forward: loss", "forward", {**fixed, "activations": activations, "loss": held, "transient": loss.forward},
+        Moment("forward: loss", "forward", {**fixed_now("forward"), "activations": activations, "loss": held, "transient": loss.forward},
                "the loss's forward working set (final hidden states, logits or one chunk of them)"),
-        Moment("backward: loss", "backward", {**fixed, "activations": activations, "loss": held, "transient": loss.backward},
+        Moment("backward: loss", "backward", {**fixed_now("backward"), "activations": activations, "loss": held, "transient": loss.backward},
                "the loss's backward buffers (d log-softmax, d logits)"),
         Moment("backward: output head", "backward",
-               {**fixed, "activations": activations, "loss": loss.head_held, "gradients": head_grad, "transient": loss.head},
+               {**fixed_now("backward"), "activations": activations, "loss": loss.head_held, "gradients": head_grad, "transient": loss.head},
                "d(logits) and d(hidden rows) in the head's backward"),
         Moment("backward: last block", "backward",
-               {**fixed, "activations": activations, "gradients": head_grad + ln_f_grads + last_block_grads,
+               {**fixed_now("backward"), "activations": activations, "gradients": head_grad + ln_f_grads + last_block_grads,
                 "transient": recompute + block_work[-1] + dx},
                ("the recomputed block's saved tensors and " if recompute else "") + "the block's backward working set"),
-        Moment("backward: embeddings", "backward", {**fixed, "gradients": grads, "transient": embedding_grad + dx},
+        Moment("backward: embeddings", "backward", {**fixed_now("backward"), "gradients": grads, "transient": embedding_grad + dx},
                "the embedding lookup's dense gradient (V, C) and d(embeddings)" if embedding_grad else "d(embeddings)"),
-        Moment("optimizer step", "optimizer", {**fixed, "gradients": grads, "transient": optimizer_temp}, optimizer_label),
+        Moment("optimizer step", "optimizer",
+               {**fixed_now("optimizer"), "weights_frozen": rank.weights_at_optimizer[0],
+                "weights_trainable": rank.weights_at_optimizer[1], "gradients": grads, "transient": optimizer_temp},
+               optimizer_label),
     ]
     if spec.loss != "fused-linear":  # the head's product, logits = h W^T, runs before the loss's own forward
         moments.insert(0, Moment("forward: output head", "forward",
-                                 {**fixed, "activations": activations, "loss": loss.head_forward_held,
+                                 {**fixed_now("forward"), "activations": activations, "loss": loss.head_forward_held,
                                   "transient": loss.head_forward},
                                  "the logits being written, the final hidden states and the scored rows"))
     if spec.activation_checkpointing:
         moments.insert(0, Moment("forward: a checkpointed block", "forward",
-                                 {**fixed, "activations": activations, "transient": 9 * dx},
+                                 {**fixed_now("forward"), "activations": activations, "transient": 9 * dx},
                                  "one block's forward working set (GELU input and output, residual)"))
     workspace = gemm_workspace or {}
     unknown = set(workspace) - {m.name for m in moments}
@@ -276,8 +283,9 @@ def predict(spec: RunSpec, gemm_workspace: dict[str, int] | None = None) -> Pred
         spec=spec,
         trainable_params=sum(p.numel() for p in trainable),
         total_params=sum(p.numel() for p in params),
-        sizes=dict(weights_frozen=w_frozen, weights_trainable=w_train, gradients=grads, optimizer_state=state,
-                   activations=activations, loss=held, workspace=0, transient=0),
+        sizes=dict(weights_frozen=rank.weights[0], weights_trainable=rank.weights[1], gradients=grads,
+                   optimizer_state=rank.optimizer_state, activations=activations, loss=held,
+                   communication=max(rank.communication.values()), workspace=0, transient=0),
         activation_terms=[(label, t.nbytes) for t, label in walk.saved.items()],
         loss_terms=loss.held,
         head_matmuls=head,
@@ -289,7 +297,7 @@ def predict(spec: RunSpec, gemm_workspace: dict[str, int] | None = None) -> Pred
     return prediction
 
 
-def _optimizer_temporaries(spec: RunSpec, trainable: list[torch.Tensor]) -> tuple[int, str]:
+def _optimizer_temporaries(spec: RunSpec, trainable: list[torch.Tensor], numel_of) -> tuple[int, str]:
     """Bytes the optimizer step allocates and frees again, and what they are.
 
     - torch.optim.AdamW on CPU runs one tensor at a time (no foreach kernels on CPU):
@@ -300,15 +308,18 @@ def _optimizer_temporaries(spec: RunSpec, trainable: list[torch.Tensor]) -> tupl
       temporary (and fp32 copies of p, g, m, v for 16-bit parameters).
     - SGD with weight decay: `grad.add(param, alpha=wd)` is a new tensor: the largest decayed tensor
       on CPU, the whole decayed group with foreach on CUDA.
+
+    Under a sharded optimizer (zero1 and up) each tensor is this rank's shard of it (`numel_of`);
+    with mixed precision the optimizer's tensors are fp32.
     """
-    numel = lambda ps: max((p.numel() for p in ps), default=0)
-    s = DTYPES[spec.dtype].itemsize
+    numel = lambda ps: max((numel_of(p) for p in ps), default=0)
+    s = 4 if spec.precision == "mixed" else DTYPES[spec.dtype].itemsize
     decayed = [p for p in trainable if p.dim() >= 2]  # minift.training.build_optimizer decays matrices only
     groups = [decayed, [p for p in trainable if p.dim() < 2]]
     on_cuda = spec.device != "cpu"
     if spec.optimizer == "adamw":
         if on_cuda:
-            return max(sum(p.numel() for p in g) for g in groups) * s, "AdamW's foreach sqrt(v) over a parameter group"
+            return max(sum(numel_of(p) for p in g) for g in groups) * s, "AdamW's foreach sqrt(v) over a parameter group"
         return 2 * numel(trainable) * s, "AdamW's sqrt(v) temporaries (2 x the largest trainable tensor)"
     if spec.optimizer == "fused-adamw":
         if on_cuda:
@@ -316,5 +327,5 @@ def _optimizer_temporaries(spec: RunSpec, trainable: list[torch.Tensor]) -> tupl
         copies = 4 if s != 4 else 0  # fp32 working copies of p, g, m, v for bf16/fp16 tensors
         return (1 + copies) * numel(trainable) * 4, "FusedAdamW reference's sqrt(v) temporary (largest tensor)"
     if on_cuda:
-        return sum(p.numel() for p in decayed) * s, "SGD's foreach weight-decayed gradients"
+        return sum(numel_of(p) for p in decayed) * s, "SGD's foreach weight-decayed gradients"
     return numel(decayed) * s, "SGD's weight-decayed gradient (largest decayed tensor)"

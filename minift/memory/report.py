@@ -25,7 +25,7 @@ def format_ledger(prediction: Prediction, measured: dict | None = None) -> str:
         predicted = "not measured" if c == "workspace" and p.gemm_workspace is None else _mib(p.sizes[c])
         lines.append(f"{LABELS[c]:<34}{predicted:>14}{_mib(m[c]) if c in m else '-':>14}")
     lines.append(f"{'transient at the peak':<34}{_mib(p.sizes['transient']):>14}{'-':>14}")
-    if measured and not measured["device"].startswith("cuda"):
+    if measured and not measured["device"].startswith("cuda") and m:
         # What stays resident after the steps beyond the model and the optimizer state: MKL's GEMM
         # buffers and malloc's arenas (near zero under TRACKING_ENV), see the module docstring.
         runtime = measured["after_steps"] - measured["built"] - m["optimizer_state"]
@@ -50,6 +50,9 @@ def format_ledger(prediction: Prediction, measured: dict | None = None) -> str:
     lines.append(f"bytes per parameter at the peak: {per_param} "
                  f"(weights + gradients + optimizer state alone: "
                  f"{(built + p.sizes['gradients'] + p.sizes['optimizer_state']) / p.total_params:.2f})")
+    states = p.sizes["weights_frozen"] + p.sizes["weights_trainable"] + p.sizes["gradients"] + p.sizes["optimizer_state"]
+    lines.append(f"model states (weights + gradients + optimizer state){' per rank' if spec.ranks > 1 else ''}: "
+                 f"{states / 1e9:,.3g} GB ({states / 2**20:,.1f} MiB; ZeRO's Figure 1 counts in GB of 10^9 bytes)")
     parts = " + ".join(f"{LABELS[c]} {_mib(b)}" for c, b in peak.bytes.items() if b)
     lines += ["", f"predicted peak at '{peak.name}': {parts}", f"  transient: {peak.transient}"]
     if measured:
@@ -57,4 +60,7 @@ def format_ledger(prediction: Prediction, measured: dict | None = None) -> str:
                else f"peak resident memory of a fresh process above its baseline before the model was built, "
                     f"{measured['allocator']}")
         lines.append(f"measured: {how}; peak over {len(measured['steps'])} steps")
+        if "ranks" in measured:
+            lines.append(f"measured on {len(measured['ranks'])} ranks under torchrun, the largest rank's shown; each rank's peak: "
+                         + ", ".join(_mib(r["peak"]) for r in measured["ranks"]))
     return "\n".join(lines)

@@ -18,9 +18,12 @@ import torch.nn as nn
 from minift._files import read_json
 from minift.model import GPT, GPTConfig, config_from_hf
 from minift.peft import PEFT_CONFIGS, LoraConfig, PeftConfig, PromptTuningConfig, SelectiveConfig, apply_peft, method_of
-from minift.training import LOSSES, OPTIMIZERS
+from minift.training import LOSSES, OPTIMIZERS, STRATEGIES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# pure: weights, gradients and optimizer state in the model's dtype (how minift trains); mixed: ZeRO's
+# mixed-precision accounting, 16-bit weights and gradients plus fp32 master weights and moments
+PRECISIONS = ("pure", "mixed")
 
 
 @dataclass(frozen=True)
@@ -38,11 +41,19 @@ class RunSpec:
     activation_checkpointing: bool = False
     device: str = "cpu"
     checkpoint: str | None = None  # a GPT-2 checkpoint directory to load; None: random weights
+    strategy: str = "ddp"  # how the ranks share the model's state: ddp (replicas), zero1, zero2, zero3 (fsdp)
+    ranks: int = 1  # data-parallel ranks; the ledger is one rank's, whose micro-batch is batch_size rows
+    precision: str = "pure"  # pure: all in dtype; mixed: 16-bit dtype plus fp32 master weights and moments (ZeRO's K = 12)
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS or self.loss not in LOSSES or self.dtype not in DTYPES:
             raise ValueError(f"optimizer in {OPTIMIZERS}, loss in {LOSSES}, dtype in {tuple(DTYPES)}; "
                              f"got {self.optimizer!r}, {self.loss!r}, {self.dtype!r}")
+        if self.strategy not in STRATEGIES or self.precision not in PRECISIONS or self.ranks < 1:
+            raise ValueError(f"strategy in {tuple(STRATEGIES)}, precision in {PRECISIONS}, ranks >= 1; "
+                             f"got {self.strategy!r}, {self.precision!r}, {self.ranks}")
+        if self.precision == "mixed" and self.itemsize != 2:
+            raise ValueError(f"precision 'mixed' keeps 16-bit weights and gradients: use dtype bfloat16 or float16, not {self.dtype}")
         if self.batch_size < 1 or not 2 <= self.seq_len + self.n_virtual <= self.model.block_size:
             raise ValueError(f"need batch >= 1 and 2 <= seq (+ virtual tokens) <= {self.model.block_size}, "
                              f"got batch {self.batch_size}, seq {self.seq_len}")
@@ -79,8 +90,10 @@ class RunSpec:
             method += f" ({self.peft.train})"
         scored = "every token scored" if self.completion_tokens is None else f"last {self.completion_tokens} tokens of each row scored"
         return (f"{method}, {self.optimizer}, {self.loss} loss, {self.dtype}"
+                f"{' with fp32 master weights and moments (mixed precision)' if self.precision == 'mixed' else ''}"
                 f"{', activation checkpointing' if self.activation_checkpointing else ''}, "
-                f"batch {self.batch_size} x {self.seq_len} tokens ({scored}: N = {self.scored_tokens:,}), {self.device}")
+                f"batch {self.batch_size} x {self.seq_len} tokens ({scored}: N = {self.scored_tokens:,}), {self.device}"
+                + (f", {self.strategy} over {self.ranks} ranks (one rank's bytes)" if self.ranks > 1 else ""))
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -99,10 +112,11 @@ class RunSpec:
 
 
 def model_config(name_or_dir: str) -> GPTConfig:
-    """A preset's config ("tiny", "gpt2", ...) or a checkpoint directory's, with dropout 0."""
+    """A preset's config ("tiny", "gpt2", ...), a checkpoint directory's or a config.json's, with dropout 0."""
     path = Path(name_or_dir)
-    if path.is_dir():
-        config = config_from_hf(read_json(path / "config.json"), str(path / "config.json"))
+    if path.is_dir() or path.suffix == ".json":
+        file = path / "config.json" if path.is_dir() else path
+        config = config_from_hf(read_json(file), str(file))
         return dataclasses.replace(config, dropout=0.0)
     return GPTConfig.from_name(name_or_dir, dropout=0.0)
 

@@ -23,7 +23,7 @@ from minift.memory.saved import SavedTensorMeter, function_held_tensors, optimiz
 from minift.memory.spec import DTYPES, RunSpec
 from minift.model import GPT, load_gpt2
 from minift.peft import apply_peft
-from minift.training import CompletionLoss, TrainConfig, build_optimizer
+from minift.training import CompletionLoss, TrainConfig, build_optimizer, parallelize
 
 
 @dataclass
@@ -96,7 +96,7 @@ def measure_categories(parts: StepParts) -> dict[str, int]:
     )
 
 
-def measure_step(build: Callable[[bool], StepParts], device: str = "cpu", steps: int = 2) -> dict:
+def measure_step(build: Callable[[bool], StepParts], device: str = "cpu", steps: int = 2, categories: bool = True) -> dict:
     """Measure a training step in this (fresh) process; see the module docstring for the method.
 
     Args:
@@ -104,6 +104,8 @@ def measure_step(build: Callable[[bool], StepParts], device: str = "cpu", steps:
             warm-up; build(False) the real one (model, optimizer, batch).
         device: "cpu" or "cuda".
         steps: steps whose peaks are measured (the first allocates the optimizer state lazily).
+        categories: also count the live bytes by category on one more step (not for sharded
+            DTensor parameters, whose storages the saved-tensor meter does not read).
 
     Returns:
         A dict of bytes: "built" (the model, optimizer and batch, above the baseline taken before
@@ -115,7 +117,8 @@ def measure_step(build: Callable[[bool], StepParts], device: str = "cpu", steps:
     device = torch.device(device)
     warm = build(True)  # code pages, thread pools and caches become resident before the baseline
     run_step(warm, PeakProbe(device))
-    measure_categories(warm)
+    if categories:
+        measure_categories(warm)
     del warm
     gc.collect()
     _trim_heap()  # free heap pages left by the warm-up would otherwise absorb new allocations unseen
@@ -126,10 +129,10 @@ def measure_step(build: Callable[[bool], StepParts], device: str = "cpu", steps:
     phases = {phase: max(step[phase] for step in per_step) for phase in per_step[0]}
     after = probe.now()  # the model, the optimizer state, and whatever the runtime kept
 
-    categories = measure_categories(parts)  # one more step, instrumented; its peak is not used
+    counted = measure_categories(parts) if categories else {}  # one more step, instrumented; its peak is not used
     params = list(parts.model.parameters())
     return dict(device=str(device), built=built, after_steps=after, phases=phases, peak=max(phases.values()), steps=per_step,
-                categories=categories, trainable_params=sum(p.numel() for p in params if p.requires_grad),
+                categories=counted, trainable_params=sum(p.numel() for p in params if p.requires_grad),
                 total_params=sum(p.numel() for p in params))
 
 
@@ -157,9 +160,10 @@ def build_minift_step(spec, tiny: bool = False) -> StepParts:
     model = (model if spec.peft is None else apply_peft(model, spec.peft)).to(device)
     model.activation_checkpointing = spec.activation_checkpointing
     model.train()
+    # under torchrun (minift.memory.ranked): DDP or FSDP2 exactly as training applies them, before the optimizer
+    loss_module = parallelize(model, CompletionLoss(model, spec.loss), spec.strategy, device)
     defaults = TrainConfig()  # the optimizer's hyperparameters as a run's defaults set them
     optimizer = build_optimizer(model, spec.optimizer, defaults.lr, defaults.betas, defaults.weight_decay)
-    loss_module = CompletionLoss(model, spec.loss)
     ids = torch.randint(0, config.vocab_size, (B, T), device=device)
     labels = ids.clone()
     if k is not None:

@@ -27,7 +27,8 @@ from minift.data import Batches, MixtureBatches, load_task_data
 from minift.evaluation import evaluate, rouge_scores
 from minift.model import load_model, save_model
 from minift.peft import METHODS, PeftConfig, apply_peft, check_method, save_trainable, trainable_parameters
-from minift.training import RUN_FILES, TrainConfig, train
+import minift.training.distributed as dist
+from minift.training import RUN_FILES, TrainConfig, gathered_state_dict, is_sharded, train
 
 # Peak learning rates per method for the tiny base model on the built-in tasks, picked from short
 # trial runs (`--lr` overrides them): few trainable parameters tolerate, and need, larger steps.
@@ -76,11 +77,12 @@ def finetune(config: FinetuneConfig) -> dict:
     """
     t0 = time.perf_counter()
     t = config.train
-    claim_outputs(t.out_dir, ("model", "adapter", "result.json", *RUN_FILES), t.overwrite, t.resume, resumable=True)
-    torch.manual_seed(config.seed)
-    model, tokenizer = load_model(config.base)
-    if config.method != "full":
-        model = apply_peft(model, config.peft)
+    dist.setup()  # under torchrun: join the ranks now, so that one of them alone claims out_dir
+    if dist.rank() == 0:
+        claim_outputs(t.out_dir, ("model", "adapter", "result.json", *RUN_FILES), t.overwrite, t.resume, resumable=True)
+    dist.barrier()
+    torch.manual_seed(config.seed)  # the same initial adapter on every rank: FSDP2 shards each rank's own copy
+    model, tokenizer = _model(config)
     # after apply_peft: prompt tuning's virtual tokens take part of the context
     tasks = [config.task] if isinstance(config.task, str) else list(config.task)
     data = {
@@ -97,6 +99,10 @@ def finetune(config: FinetuneConfig) -> dict:
                                  tokenizer.pad_id, seed=config.seed)
     validation = [e for d in data.values() for e in d.validation]
     result = train(model, batches, validation, tokenizer.pad_id, config.train)
+    if is_sharded(model):  # FSDP2 under torchrun: the trained weights, gathered into an unsharded copy
+        state = gathered_state_dict(model)
+        model = _model(config)[0]
+        model.load_state_dict(state)
 
     tests = {}
     for name, d in data.items():
@@ -106,12 +112,12 @@ def finetune(config: FinetuneConfig) -> dict:
             tests[name]["rouge_l"] = rouge_scores(model, tokenizer, d.test, config.train.eval_batch_size)
     out = Path(config.train.out_dir)
     model.cpu()
-    if config.method == "full":
-        artefact = out / "model"
+    artefact = out / ("model" if config.method == "full" else "adapter")
+    if dist.rank() == 0 and config.method == "full":  # under torchrun every rank holds the same model: one writes it
         save_model(model, tokenizer, artefact)
-    else:
-        artefact = out / "adapter"
+    elif dist.rank() == 0:
         save_trainable(model, artefact)
+    dist.barrier()
     sizes = {f.name: f.stat().st_size for f in sorted(artefact.iterdir())}
     record = {
         "task": "+".join(data),
@@ -135,8 +141,15 @@ def finetune(config: FinetuneConfig) -> dict:
         "time_per_step_s": result.wall_time_s / max(result.steps, 1),
         "total_time_s": time.perf_counter() - t0,
     }
-    write_json(out / "result.json", record)
+    if dist.rank() == 0:
+        write_json(out / "result.json", record)
     return record
+
+
+def _model(config: FinetuneConfig):
+    """The base model prepared for the method, and its tokenizer."""
+    model, tokenizer = load_model(config.base)
+    return (model if config.method == "full" else apply_peft(model, config.peft)), tokenizer
 
 
 def _jsonable(config: FinetuneConfig) -> dict:

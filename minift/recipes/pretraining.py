@@ -26,7 +26,8 @@ from minift.data import Batches, CorpusConfig, generate_corpus, pack
 from minift.evaluation import evaluate
 from minift.model import GPT, GPTConfig, save_model
 from minift.tokenizer import Tokenizer
-from minift.training import TrainConfig, train
+import minift.training.distributed as dist
+from minift.training import TrainConfig, gathered_state_dict, is_sharded, train
 
 
 # what `pretrain` writes into its output directory (a checkpoint, its tokenizer and record, the run)
@@ -58,7 +59,10 @@ def pretrain(config: PretrainConfig) -> tuple[GPT, Tokenizer, dict]:
     Returns the model, the tokenizer and the record written to pretrain.json.
     """
     t0 = time.perf_counter()
-    claim_outputs(config.out, MODEL_FILES, config.overwrite)
+    dist.setup()  # under torchrun: join the ranks now, so that one of them alone claims the output directory
+    if dist.rank() == 0:
+        claim_outputs(config.out, MODEL_FILES, config.overwrite)
+    dist.barrier()
     documents = generate_corpus(CorpusConfig(n_documents=config.n_documents, seed=config.seed))
     tokenizer = Tokenizer.train(documents, config.vocab_size)
     blocks = pack(tokenizer, documents, config.block_size)
@@ -71,9 +75,14 @@ def pretrain(config: PretrainConfig) -> tuple[GPT, Tokenizer, dict]:
     model = GPT(model_config)
     batches = Batches(train_blocks, config.train.batch_size, tokenizer.pad_id, seed=config.seed)
     result = train(model, batches, val_blocks, tokenizer.pad_id, config.train)
+    if is_sharded(model):  # FSDP2 under torchrun: the trained weights, gathered into an unsharded copy
+        state = gathered_state_dict(model)
+        model = GPT(model_config)
+        model.load_state_dict(state)
     val = evaluate(model, val_blocks, tokenizer.pad_id)
     model.cpu()
-    save_model(model, tokenizer, config.out)
+    if dist.rank() == 0:  # every rank holds the same model: one writes it
+        save_model(model, tokenizer, config.out)
     record = {
         "command": "minift pretrain " + " ".join(f"--{k} {v}" for k, v in _flags(config).items()),
         "config": asdict(config),
@@ -89,7 +98,8 @@ def pretrain(config: PretrainConfig) -> tuple[GPT, Tokenizer, dict]:
         "train_time_s": round(result.wall_time_s, 1),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
     }
-    write_json(Path(config.out) / "pretrain.json", record)
+    if dist.rank() == 0:
+        write_json(Path(config.out) / "pretrain.json", record)
     return model, tokenizer, record
 
 

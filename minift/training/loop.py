@@ -33,6 +33,7 @@ from minift.training.config import TrainConfig
 from minift.training.log import MetricsLog, plot_curves
 from minift.training.loss import CompletionLoss, scored_rows
 from minift.training.optim import build_optimizer
+from minift.training.sharding import gather, parallelize
 from minift.training.snapshot import (
     Snapshot,
     load_snapshot,
@@ -167,8 +168,11 @@ def _start(model: nn.Module, batches, optimizer: torch.optim.Optimizer | None, c
     if hasattr(model, "activation_checkpointing"):
         model.activation_checkpointing = config.activation_checkpointing
     model.train()
+    if optimizer is not None and config.strategy != "ddp" and world > 1:
+        raise ValueError(f"strategy {config.strategy!r} replaces the parameters: let train build the optimizer")
+    loss_module = parallelize(model, CompletionLoss(model, loss_name), config.strategy, device)  # DDP or FSDP2
     optimizer = optimizer or build_optimizer(model, optimizer_name, config.lr, config.betas, config.weight_decay)
-    run = _Run(model, optimizer, dist.wrap(CompletionLoss(model, loss_name), device), batches, config, out,
+    run = _Run(model, optimizer, loss_module, batches, config, out,
                MetricsLog(out / "metrics.jsonl", enabled=rank == 0), device, share, micro)
     if config.resume and (snap := load_snapshot(out, asdict(config), model, optimizer, batches, device)) is not None:
         run.step, run.best, run.since_best = snap.step, snap.best, snap.since_best
@@ -227,8 +231,7 @@ def _evaluate(run: _Run, val_examples: list[TokenizedExample], pad_id: int, writ
     run.log.write(record)
     if improved:
         run.best, run.since_best = record, 0
-        if dist.rank() == 0:
-            save_trainable_tensors(run.model, run.out / "best")
+        save_trainable_tensors(run.model, run.out / "best")  # every rank: sharded tensors are gathered
     else:
         run.since_best += 1
     save_snapshot(run.out, Snapshot(run.step, run.best, run.since_best, asdict(config)), run.model, run.optimizer,
@@ -251,5 +254,5 @@ def _allow_tf32(device: torch.device, enabled: bool) -> None:
 def _clip(model: nn.Module, max_norm: float | None) -> float:
     params = [p for p in model.parameters() if p.grad is not None]
     if max_norm is None:
-        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))) if params else 0.0
-    return float(nn.utils.clip_grad_norm_(params, max_norm))
+        return float(gather(nn.utils.get_total_norm([p.grad for p in params]))) if params else 0.0
+    return float(gather(nn.utils.clip_grad_norm_(params, max_norm)))  # a sharded gradient's norm is a DTensor

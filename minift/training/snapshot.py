@@ -8,6 +8,13 @@ A snapshot directory `out_dir/snapshots/step-0000100/` holds
 When a snapshot is complete, `snapshots/latest.json` is atomically replaced to point at it, and
 only then are older snapshots deleted: a crash at any moment leaves a complete snapshot to resume.
 Never pickle: safetensors and JSON only.
+
+Under FSDP2 (minift.training.sharding) every rank holds a shard of each tensor; a snapshot gathers them
+into whole tensors, one at a time, and rank 0 writes the same files a single process would. So a
+snapshot or a best/ directory reads back into one process, and into sharded ranks again (each takes
+its shard of every tensor). The price is that rank 0 holds the whole trainable state in memory while
+writing: right for models that fit one host's memory, which are the ones minift trains;
+torch.distributed.checkpoint (every rank writing its shard) is the tool beyond that.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import minift.training.distributed as dist
+from minift.training.sharding import gather, shard_like
 from minift._files import atomic_write, read_json, write_json
 
 # Config fields that may differ when a run is resumed: they do not change what is computed.
@@ -36,13 +44,17 @@ class Snapshot:
 
 
 def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters that require grad, by name (a tied weight appears once)."""
-    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    """The parameters that require grad, by name (a tied weight appears once), whole: sharded ones are
+    gathered (a collective under FSDP2: call on every rank)."""
+    return {name: gather(p.detach()) for name, p in model.named_parameters() if p.requires_grad}
 
 
 def save_trainable_tensors(model: torch.nn.Module, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write the trainable tensors (call on every rank: sharded ones are gathered; rank 0 writes)."""
     tensors = {k: v.contiguous().cpu() for k, v in trainable_tensors(model).items()}
+    if dist.rank() != 0:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
     atomic_write(directory / "trainable.safetensors", lambda tmp: save_file(tensors, str(tmp)))
 
 
@@ -50,7 +62,7 @@ def load_trainable_tensors(model: torch.nn.Module, directory: Path, device=None)
     """Copy saved trainable parameters into `model`, which must have the same trainable names and shapes."""
     saved = load_file(str(directory / "trainable.safetensors"), device=str(device or "cpu"))
     params = dict(model.named_parameters())
-    expected = set(trainable_tensors(model))
+    expected = {name for name, p in params.items() if p.requires_grad}
     if set(saved) != expected:
         raise ValueError(
             f"{directory}: saved trainable tensors do not match the model's: missing {sorted(expected - set(saved))[:5]}, "
@@ -60,27 +72,30 @@ def load_trainable_tensors(model: torch.nn.Module, directory: Path, device=None)
         for name, tensor in saved.items():
             if params[name].shape != tensor.shape:
                 raise ValueError(f"{directory}: {name} has shape {tuple(tensor.shape)}, the model's is {tuple(params[name].shape)}")
-            params[name].copy_(tensor)
+            params[name].copy_(shard_like(tensor, params[name]))
 
 
 def _split_optimizer_state(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """Optimizer state -> (tensors for safetensors, everything else for JSON)."""
+    """Optimizer state -> (tensors for safetensors, everything else for JSON); sharded tensors gathered."""
     tensors, other = {}, {}
     for pid, state in state_dict["state"].items():
         for key, value in state.items():
             if torch.is_tensor(value):
-                tensors[f"state.{pid}.{key}"] = value.contiguous().cpu()
+                tensors[f"state.{pid}.{key}"] = gather(value).contiguous().cpu()
             else:
                 other.setdefault(str(pid), {})[key] = value
     return tensors, {"param_groups": state_dict["param_groups"], "state": other}
 
 
-def _join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+def _join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict, optimizer) -> dict:
+    """The optimizer's state dict again; a tensor the size of its parameter is split as the parameter is."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # state_dict's ids, in order
     state: dict[int, dict] = {int(pid): dict(values) for pid, values in meta["state"].items()}
     for key, tensor in tensors.items():
         if key.startswith("state."):
             _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = tensor
+            p = params[int(pid)]
+            state.setdefault(int(pid), {})[name] = shard_like(tensor, p) if tensor.shape == p.shape else tensor
     groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
     return {"state": state, "param_groups": groups}
 
@@ -101,12 +116,12 @@ def cuda_rng_keys(tensors: dict, prefix: str) -> list[str]:
 def save_snapshot(out: Path, snap: Snapshot, model, optimizer, batches) -> None:
     """Write a snapshot of step `snap.step` (call on every rank: RNG states are gathered to rank 0)."""
     rng_by_rank = dist.all_gather_object(_rng_states())
-    if dist.rank() != 0:
-        return
     root = out / "snapshots"
     directory = root / f"step-{snap.step:07d}"
     save_trainable_tensors(model, directory)
     tensors, optimizer_meta = _split_optimizer_state(optimizer.state_dict())
+    if dist.rank() != 0:
+        return
     for r, states in enumerate(rng_by_rank):
         tensors.update({f"rank{r}.{k}": v for k, v in states.items()})
     atomic_write(directory / "optimizer.safetensors", lambda tmp: save_file(tensors, str(tmp)))
@@ -136,7 +151,7 @@ def load_snapshot(out: Path, config: dict, model, optimizer, batches, device) ->
     _check_resumable(state["config"], json.loads(json.dumps(config)))  # JSON turns tuples into lists, as saved
     load_trainable_tensors(model, directory, device)
     tensors = load_file(str(directory / "optimizer.safetensors"))
-    optimizer.load_state_dict(_join_optimizer_state(tensors, state["optimizer"]))
+    optimizer.load_state_dict(_join_optimizer_state(tensors, state["optimizer"], optimizer))
     batches.load_state_dict(state["data"])
     prefix = f"rank{dist.rank()}."
     torch.set_rng_state(tensors[prefix + "rng.cpu"])

@@ -1,6 +1,10 @@
 """End-to-end fine-tuning: every method, built-in tasks and your own files, saved artefacts that reload."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +82,27 @@ def test_bad_configurations(tiny_checkpoint, tmp_path):
         FinetuneConfig(method="full", peft=LoraConfig())
     with pytest.raises(ValueError, match="5000 train examples asked, but the train split holds 1399"):
         finetune(_config(tmp_path, tiny_checkpoint, n_train=5000))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["full"])  # LoRA under FSDP2: tests/training/test_distributed.py
+def test_fsdp_finetune_under_torchrun_saves_a_model_one_process_loads(tiny_checkpoint, tmp_path, method):
+    """`torchrun --nproc_per_node 2 -m minift.cli finetune --strategy fsdp`: the sharded weights are
+    gathered into a normal model directory (or adapter), which reproduces the reported test loss."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    argv = ["finetune", "--base", str(tiny_checkpoint), "--task", "reviews", "--method", method, "--strategy", "fsdp",
+            "--n-train", "24", "--n-val", "8", "--n-test", "16", "--steps", "4", "--batch-size", "8", "--warmup-steps", "1",
+            "--eval-every", "2", "--out", str(out), "--no-progress"]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "minift.cli", *argv], check=True, env=env, capture_output=True, timeout=300)
+    record = json.loads((out / "result.json").read_text())
+    assert record["steps"] == 4 and record["config"]["train"]["strategy"] == "fsdp"
+    model, tokenizer = load_model(out / "model" if method == "full" else tiny_checkpoint)
+    if method == "lora":
+        model = load_trainable(model, out / "adapter")
+    test = load_task_data("reviews", tokenizer, model.config.block_size, n_val=0, n_test=16).test
+    # fp32, the same weights and examples in one process: the loss the two ranks reported, to rounding
+    assert evaluate(model, test, tokenizer.pad_id).loss == pytest.approx(record["tests"]["reviews"]["loss"], rel=1e-5)
+    base = load_model(tiny_checkpoint)[0]
+    assert evaluate(base, test, tokenizer.pad_id).loss != pytest.approx(record["tests"]["reviews"]["loss"], rel=1e-3)  # it trained

@@ -1,0 +1,30 @@
+"""The committed 2-rank figures: each rank within 10% of the ledger, and the README's table is that file's."""
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = json.loads((ROOT / "benchmarks" / "results" / "parallel_strategies_cpu-2-cores.json").read_text())
+
+
+def test_every_measured_rank_is_predicted_within_10_percent():
+    memory = [r for r in RESULTS["rows"] if r["kind"] == "memory"]
+    assert {(r["strategy"], r["ranks"]) for r in memory} == {("ddp", 1), ("ddp", 2), ("zero2", 2), ("zero3", 2)}
+    for r in memory:
+        assert len(r["measured_peak_by_rank"]) == r["ranks"]
+        for peak in r["measured_peak_by_rank"]:
+            assert abs(r["predicted_peak"] - peak) <= 0.10 * peak, r
+
+
+def test_the_readme_quotes_the_results_file():
+    readme = (ROOT / "README.md").read_text()
+    for r in RESULTS["rows"]:
+        if r["kind"] == "memory":
+            measured = " / ".join(f"{p / 2**20:.2f}" for p in r["measured_peak_by_rank"])
+            assert f"| {r['predicted_peak'] / 2**20:.2f} MiB | {measured} MiB | {r['error_percent']:+.1f}% |" in readme, r
+        else:
+            assert re.search(rf"\| {r['strategy']} \| {r['test_accuracy']:.3f} of {r['n_test']} \|", readme), r
+    zero3 = next(r for r in RESULTS["rows"] if r["kind"] == "memory" and r["strategy"] == "zero3")
+    one = next(r for r in RESULTS["rows"] if r["kind"] == "memory" and r["ranks"] == 1)
+    assert f"peaks at {zero3['measured_peak'] / 2**20:.1f} MiB,\n  against {one['measured_peak'] / 2**20:.1f} MiB" in readme
