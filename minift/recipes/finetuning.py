@@ -37,14 +37,14 @@ assert set(DEFAULT_LR) == set(METHODS), "a learning rate for every method"
 
 @dataclass
 class FinetuneConfig:
-    task: str | tuple[str, ...] = "reviews"  # a built-in task (reviews, arithmetic, qa, summarize) or a .jsonl/.csv file; several: multi-task
+    task: str | tuple[str, ...] = "reviews"  # a built-in task (reviews, arithmetic, qa, summarize) or a .jsonl/.json/.csv file; several: multi-task
     templates: str | None = None  # for a file: a template-library JSON (default: Alpaca instruction/input/output)
     method: str = "full"  # full, lora, prompt-tuning or selective
     peft: PeftConfig | None = None  # None: the method's defaults
     base: str | None = None  # a base checkpoint directory; None: the built-in tiny base model
-    n_train: int | None = 800  # training examples (None: the whole split)
-    n_val: int | None = 100  # validation examples (None: the whole split)
-    n_test: int | None = 400  # test examples (None: the whole split)
+    n_train: int | str | None = None  # training examples, a number or all (None: 800 for a built-in task, all of a file's 80%)
+    n_val: int | str | None = None  # validation examples, a number or all (None: 100 for a built-in task, all of a file's 10%)
+    n_test: int | str | None = None  # test examples, a number or all (None: 400 for a built-in task, all of a file's 10%)
     max_length: int | None = None  # None: the model's context length
     truncation: str = "error"  # a too-long example: error, or left (cut the prompt from the left)
     seed: int = 0  # the split, the templates' choice, the data order and the initialisation
