@@ -19,12 +19,13 @@ import typing
 from minift.data import TRUNCATIONS
 from minift.memory import DTYPES, RunSpec
 from minift.peft import METHODS, PEFT_CONFIGS, PROMPT_INITS, LoraConfig, PromptTuningConfig, SelectiveConfig
-from minift.training import LOSSES, OPTIMIZERS, SELECTIONS, TrainConfig
+from minift.training import LOSSES, NONFINITE, OPTIMIZERS, SELECTIONS, TrainConfig
 
 # The one list of every choice, by field name: flags with these names accept only these values.
 CHOICES = {
     "method": METHODS, "methods": METHODS, "loss": ("auto", *LOSSES), "optimizer": ("auto", *OPTIMIZERS),
     "truncation": TRUNCATIONS, "dtype": tuple(DTYPES), "init": PROMPT_INITS, "select_by": SELECTIONS,
+    "on_nonfinite": NONFINITE,
 }
 # Flag names that differ from the field's: shorter forms kept from earlier versions, and names that would
 # otherwise be ambiguous on a command line that mixes several dataclasses.

@@ -10,13 +10,13 @@ the metrics log, snapshots for exact resume, and data parallelism under torchrun
 
 from minift.training.loss import LOSSES, CompletionLoss, default_loss
 from minift.training.optim import OPTIMIZERS, build_optimizer, default_optimizer, learning_rate
-from minift.training.config import SELECTIONS, TrainConfig
+from minift.training.config import NONFINITE, SELECTIONS, TrainConfig
 from minift.training.log import MetricsLog, plot_curves, read_metrics
 from minift.training.snapshot import Snapshot, load_snapshot, save_snapshot
 from minift.training.loop import RUN_FILES, TrainingDiverged, TrainResult, train
 
 __all__ = [
-    "LOSSES", "OPTIMIZERS", "RUN_FILES", "SELECTIONS",
+    "LOSSES", "NONFINITE", "OPTIMIZERS", "RUN_FILES", "SELECTIONS",
     "CompletionLoss", "MetricsLog", "Snapshot", "TrainConfig", "TrainResult", "TrainingDiverged",
     "build_optimizer", "default_loss", "default_optimizer", "learning_rate", "load_snapshot", "plot_curves",
     "read_metrics", "save_snapshot", "train",

@@ -41,8 +41,16 @@ def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_trainable_tensors(model: torch.nn.Module, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write the trainable parameters to directory/trainable.safetensors.
+
+    Raises:
+        ValueError: a parameter holds NaN or inf (nothing is written: a saved checkpoint is always usable).
+    """
     tensors = {k: v.contiguous().cpu() for k, v in trainable_tensors(model).items()}
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"not saving {directory}: {len(bad)} trainable tensors hold NaN or inf (first: {bad[0]})")
+    directory.mkdir(parents=True, exist_ok=True)
     atomic_write(directory / "trainable.safetensors", lambda tmp: save_file(tensors, str(tmp)))
 
 
@@ -120,6 +128,11 @@ def save_snapshot(out: Path, snap: Snapshot, model, optimizer, batches) -> None:
             shutil.rmtree(old)
 
 
+def has_snapshot(out: Path) -> bool:
+    """Whether `out` holds a complete snapshot to resume from."""
+    return (out / "snapshots" / "latest.json").is_file()
+
+
 def load_snapshot(out: Path, config: dict, model, optimizer, batches, device) -> Snapshot | None:
     """Restore the latest snapshot of `out` into model, optimizer, batches and RNG; None if there is none.
 
@@ -127,7 +140,7 @@ def load_snapshot(out: Path, config: dict, model, optimizer, batches, device) ->
         ValueError: the snapshot was made with another configuration or number of ranks.
     """
     pointer = out / "snapshots" / "latest.json"
-    if not pointer.is_file():
+    if not has_snapshot(out):
         return None
     directory = out / "snapshots" / read_json(pointer)["directory"]
     state = read_json(directory / "trainer_state.json")
