@@ -105,7 +105,7 @@ def load_task_data(
         ValueError: more examples asked than the split holds (the message gives the sizes), a size
             that is neither a number nor "all", or templates for a built-in task.
     """
-    if is_data_file(task):
+    if is_data_file(task) or Path(task).is_file():  # a file of another type: load_records says which types load
         library = TemplateLibrary.from_json(templates) if templates else TemplateLibrary("alpaca", (ALPACA_TEMPLATE,))
         records = load_records(task, required_fields=() if templates else ALPACA_FIELDS)
         splits = split_records(records, FILE_FRACTIONS, seed=seed)

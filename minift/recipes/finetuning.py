@@ -10,6 +10,10 @@ evaluates the best checkpoint on the test split. It writes into `out_dir`:
     model/ or adapter/   the instruct model (full) or only the trained part (PEFT)
     result.json          configuration, parameter counts, sizes, accuracies, timings
     metrics.jsonl, curves.png, snapshots/, best/   from the training loop
+
+With `overwrite`, the new run is written beside the earlier one and replaces it whole when it has
+finished (`minift._files.run_directory`): a run that fails leaves the earlier one as it was. Under
+torchrun every rank trains; rank 0 alone evaluates the test set and writes.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from minift._files import claim_outputs, write_json
+import minift.training.distributed as dist
+from minift._files import run_directory, write_json
 from minift.data import Batches, MixtureBatches, load_task_data
 from minift.evaluation import evaluate, rouge_scores
 from minift.model import load_model, save_model
@@ -76,7 +81,18 @@ def finetune(config: FinetuneConfig) -> dict:
     """
     t0 = time.perf_counter()
     t = config.train
-    claim_outputs(t.out_dir, ("model", "adapter", "result.json", *RUN_FILES), t.overwrite, t.resume, resumable=True)
+    dist.setup()  # under torchrun: rank 0 alone claims the directory, evaluates and writes the results
+    main = dist.rank() == 0
+    with run_directory(t.out_dir, ("model", "adapter", "result.json", *RUN_FILES), t.overwrite, t.resume,
+                       resumable=True, claim=main) as work:
+        dist.barrier()  # the directory exists before any rank writes into it
+        record = _finetune(config, work, t0)
+        dist.barrier()  # every rank is done with the directory before rank 0 swaps it into place
+    return dist.all_gather_object(record)[0]  # rank 0's record, on every rank
+
+
+def _finetune(config: FinetuneConfig, work: Path, t0: float) -> dict | None:
+    """The run itself, writing into `work`; the record on rank 0, None on the other ranks."""
     torch.manual_seed(config.seed)
     model, tokenizer = load_model(config.base)
     if config.method != "full":
@@ -96,7 +112,9 @@ def finetune(config: FinetuneConfig) -> dict:
         batches = MixtureBatches(sources, {name: len(ex) for name, ex in sources.items()}, config.train.batch_size,
                                  tokenizer.pad_id, seed=config.seed)
     validation = [e for d in data.values() for e in d.validation]
-    result = train(model, batches, validation, tokenizer.pad_id, config.train)
+    result = train(model, batches, validation, tokenizer.pad_id, dataclasses.replace(config.train, out_dir=str(work)))
+    if dist.rank() != 0:
+        return None
 
     tests = {}
     for name, d in data.items():
@@ -104,15 +122,13 @@ def finetune(config: FinetuneConfig) -> dict:
         tests[name] = {"accuracy": test.accuracy, "loss": test.loss, "n": test.n_examples, "chance_accuracy": d.chance_accuracy}
         if "rouge_l" in d.metrics:
             tests[name]["rouge_l"] = rouge_scores(model, tokenizer, d.test, config.train.eval_batch_size)
-    out = Path(config.train.out_dir)
     model.cpu()
+    name = "model" if config.method == "full" else "adapter"
     if config.method == "full":
-        artefact = out / "model"
-        save_model(model, tokenizer, artefact)
+        save_model(model, tokenizer, work / name)
     else:
-        artefact = out / "adapter"
-        save_trainable(model, artefact)
-    sizes = {f.name: f.stat().st_size for f in sorted(artefact.iterdir())}
+        save_trainable(model, work / name)
+    sizes = {f.name: f.stat().st_size for f in sorted((work / name).iterdir())}
     record = {
         "task": "+".join(data),
         "method": config.method,
@@ -120,7 +136,7 @@ def finetune(config: FinetuneConfig) -> dict:
         "trainable_parameters": trainable,
         "total_parameters": total,
         "trainable_percent": 100 * trainable / total,
-        "artefact": str(artefact),
+        "artefact": str(Path(config.train.out_dir) / name),  # where it is once the run is in place
         "artefact_bytes": sizes,
         "n_train": sum(len(d.train) for d in data.values()),
         "n_val": len(validation),
@@ -135,7 +151,7 @@ def finetune(config: FinetuneConfig) -> dict:
         "time_per_step_s": result.wall_time_s / max(result.steps, 1),
         "total_time_s": time.perf_counter() - t0,
     }
-    write_json(out / "result.json", record)
+    write_json(work / "result.json", record)
     return record
 
 

@@ -136,7 +136,7 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tokens / dt:,.0f}")
             if val_examples and (run.step % config.eval_every == 0 or run.step == config.max_steps):
-                if _evaluate(run, val_examples, pad_id, bar.write):
+                if _evaluate(run, val_examples, pad_id, bar.write if dist.rank() == 0 else lambda _: None):  # rank 0 prints
                     stopped_early = True
                     break
     finally:

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 import minift.training.distributed as dist
-from minift._files import atomic_write, read_json, write_json
+from minift._files import atomic_write, read_json, read_safetensors, write_json
 
 # Config fields that may differ when a run is resumed: they do not change what is computed.
 _RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "device", "out_dir"}
@@ -56,7 +56,7 @@ def save_trainable_tensors(model: torch.nn.Module, directory: Path) -> None:
 
 def load_trainable_tensors(model: torch.nn.Module, directory: Path, device=None) -> None:
     """Copy saved trainable parameters into `model`, which must have the same trainable names and shapes."""
-    saved = load_file(str(directory / "trainable.safetensors"), device=str(device or "cpu"))
+    saved = read_safetensors(directory / "trainable.safetensors", device=str(device or "cpu"))
     params = dict(model.named_parameters())
     expected = set(trainable_tensors(model))
     if set(saved) != expected:
@@ -148,7 +148,7 @@ def load_snapshot(out: Path, config: dict, model, optimizer, batches, device) ->
         raise ValueError(f"{directory} was written by {state['world_size']} ranks; resume with the same number")
     _check_resumable(state["config"], json.loads(json.dumps(config)))  # JSON turns tuples into lists, as saved
     load_trainable_tensors(model, directory, device)
-    tensors = load_file(str(directory / "optimizer.safetensors"))
+    tensors = read_safetensors(directory / "optimizer.safetensors")
     optimizer.load_state_dict(_join_optimizer_state(tensors, state["optimizer"]))
     batches.load_state_dict(state["data"])
     prefix = f"rank{dist.rank()}."

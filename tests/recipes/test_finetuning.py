@@ -78,3 +78,51 @@ def test_bad_configurations(tiny_checkpoint, tmp_path):
         FinetuneConfig(method="full", peft=LoraConfig())
     with pytest.raises(ValueError, match="5000 train examples asked, but the train split holds 1399"):
         finetune(_config(tmp_path, tiny_checkpoint, n_train=5000))
+
+
+def test_overwrite_replaces_the_whole_run_and_a_failed_one_leaves_the_earlier_run_whole(tmp_path, tiny_checkpoint):
+    import dataclasses
+
+    from minift.training import TrainingDiverged
+
+    def run(method, **train):
+        config = _config(tmp_path, tiny_checkpoint, method=method, n_train=8, n_val=4, n_test=4)
+        config.train = dataclasses.replace(config.train, **{"max_steps": 1, "eval_every": 1, "overwrite": True, **train})
+        return finetune(config)
+
+    out = tmp_path / "run"
+    run("full")
+    full_result = (out / "result.json").read_text()
+    with pytest.raises(TrainingDiverged):  # a LoRA run over it that fails: the full run is untouched
+        run("lora", lr=1e9, warmup_steps=0, grad_clip=None, max_steps=3)
+    assert (out / "result.json").read_text() == full_result and (out / "model").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging directory left beside it
+    record = run("lora")
+    # the LoRA run replaced the whole directory: no model/ of the full run beside the new adapter/
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "best", "curves.png", "metrics.jsonl", "result.json", "snapshots"]
+    assert record["artefact"] == str(out / "adapter") and json.loads((out / "result.json").read_text())["method"] == "lora"
+
+
+@pytest.mark.slow
+def test_under_torchrun_two_ranks_behave_as_one_run(tmp_path, tiny_checkpoint):
+    """Rank 0 alone prints, evaluates the test set and writes the results; the other rank only trains."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29547", "-m", "minift.cli",
+         "finetune", "--base", str(tiny_checkpoint), "--method", "lora", "--rank", "2", "--n-train", "16", "--n-val", "8",
+         "--n-test", "8", "--batch-size", "8", "--steps", "2", "--eval-every", "2", "--out", str(out), "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    # one run's output, once: not one copy per rank
+    assert sum(line.startswith("step 2: val loss") for line in lines) == 1, done.stdout
+    assert sum(line.startswith("test accuracy on reviews") for line in lines) == 1, done.stdout
+    record = json.loads((out / "result.json").read_text())
+    assert record["steps"] == 2 and record["n_test"] == 8 and (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and not list(out.glob(".*.tmp"))  # no temporary left
