@@ -79,7 +79,9 @@ def run_pretrain(args) -> None:
 def _add_finetune(sub):
     p = sub.add_parser("finetune", help="instruction fine-tuning on one task, then test accuracy",
                        description="Fine-tune a base model on one task (built-in or your JSONL/JSON/CSV) with full "
-                       "fine-tuning or a PEFT method; prints validation accuracy while training and test accuracy at the end.",
+                       "fine-tuning or a PEFT method; prints validation accuracy while training and test accuracy at the end. "
+                       "Data parallel on several processes: torchrun --nproc_per_node N -m minift.cli finetune ... "
+                       "(--batch-size is the global batch, split over the ranks; rank 0 alone prints, evaluates and writes).",
                        epilog=OWN_DATA_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p, FinetuneConfig, "finetune", skip=("train", "peft"))
     lr = ", ".join(f"{m} {r:g}" for m, r in DEFAULT_LR.items())
@@ -125,7 +127,7 @@ def run_evaluate(args) -> None:
     model, tokenizer = _load(args.checkpoint, args.adapter)
     print(f"{'task':<12}{'shots':>6}{'accuracy':>10}{'chance':>8}{'ROUGE-L':>9}{'context used by shots':>24}")
     for task in args.tasks:
-        r = evaluate_task(model, tokenizer, task, **given(args, "evaluate"))
+        r = evaluate_task(model, tokenizer, task, **{"progress": True, **given(args, "evaluate")})  # a bar unless --no-progress
         rouge = f"{r['rouge_l']:.3f}" if "rouge_l" in r else "-"
         chance = "-" if r["chance_accuracy"] is None else f"{r['chance_accuracy']:.3f}"  # unknown for a file
         print(f"{task:<12}{r['shots']:>6}{r['accuracy']:>10.3f}{chance:>8}{rouge:>9}{r['shot_fraction']:>23.1%}")

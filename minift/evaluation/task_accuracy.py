@@ -31,7 +31,7 @@ def few_shot_examples(tokenizer, queries: Sequence[Example], pool: Sequence[Exam
 
 
 def evaluate_task(model, tokenizer, task: str, n: int | str | None = None, shots: int = 0, seed: int = 0,
-                  batch_size: int = 16, score_end: bool = True, templates: str | None = None) -> dict:
+                  batch_size: int = 16, score_end: bool = True, templates: str | None = None, progress: bool = False) -> dict:
     """Accuracy of `model` on the test split of a built-in task or a data file, zero-shot or with `shots` examples.
 
     The test split is the one fine-tuning runs are scored on (minift.data.task_data: a fixed pool per
@@ -47,6 +47,7 @@ def evaluate_task(model, tokenizer, task: str, n: int | str | None = None, shots
             to stop there; a base model never did (in its corpus, end-of-text separates documents), so
             for base models under few-shot prompting pass False: the answer tokens alone are scored.
         templates: for a data file, its template-library JSON (None: the Alpaca fields).
+        progress: show a progress bar over the test examples.
     """
     data = load_task_data(task, tokenizer, model.config.block_size, n_train="all", n_val=0, n_test=n, seed=seed,
                           templates=templates, tokenize=("test",))
@@ -54,7 +55,7 @@ def evaluate_task(model, tokenizer, task: str, n: int | str | None = None, shots
     if shots or not score_end:
         examples, shot_tokens = few_shot_examples(tokenizer, data.rendered["test"], data.rendered["train"], shots,
                                                   model.config.block_size, seed, score_end)
-    result = evaluate(model, examples, tokenizer.pad_id, batch_size)
+    result = evaluate(model, examples, tokenizer.pad_id, batch_size, progress=progress)
     record = {"task": task, "shots": shots, "n": result.n_examples, "n_tokens": result.n_tokens,
               "accuracy": result.accuracy, "loss": result.loss,
               "chance_accuracy": data.chance_accuracy, "shot_tokens": shot_tokens,
