@@ -29,8 +29,11 @@ class MetricsLog:
         """Append `record`; a NaN or infinite number is written as null (JSON has no NaN, so each line stays JSON)."""
         if self.enabled:
             finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
-            with self.path.open("a") as f:
-                f.write(json.dumps(finite, allow_nan=False) + "\n")
+            try:
+                with self.path.open("a") as f:
+                    f.write(json.dumps(finite, allow_nan=False) + "\n")
+            except OSError as error:  # a full disk: name the file (a write error does not)
+                raise OSError(error.errno, f"cannot write {self.path}: {error.strerror or error}") from error
 
     def read(self) -> list[dict]:
         return read_metrics(self.path)

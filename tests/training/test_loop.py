@@ -314,3 +314,13 @@ def test_a_non_finite_parameter_is_never_saved(tiny_gpt, tmp_path):
     with pytest.raises(ValueError, match=r"not saving .*best: 1 trainable tensors hold NaN or inf \(first: transformer.ln_f.weight\)"):
         save_trainable_tensors(tiny_gpt, tmp_path / "best")
     assert not (tmp_path / "best").exists()
+
+
+def test_a_full_disk_under_the_metrics_log_names_the_file():
+    from pathlib import Path
+
+    from minift.training import MetricsLog
+
+    log = MetricsLog(Path("/dev/full"))  # every write to /dev/full fails with ENOSPC, as on a full disk
+    with pytest.raises(OSError, match="cannot write /dev/full: No space left on device"):
+        log.write({"step": 1, "loss": float("nan")})
