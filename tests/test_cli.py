@@ -166,3 +166,16 @@ def test_pretrain_and_compare_refuse_an_earlier_run_and_overwrite_replaces_it(ti
     assert main(pretrain) == 2
     assert "already holds config.json, model.safetensors, tokenizer.json, pretrain.json, train" in capsys.readouterr().err
     assert main(pretrain + ["--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("flag, shown", [([], True), (["--no-progress"], False)])
+def test_evaluate_shows_progress_unless_told_not_to(tiny_checkpoint, capsys, flag, shown):
+    assert main(["evaluate", str(tiny_checkpoint), "--tasks", "reviews", "--n", "4", *flag]) == 0
+    assert ("evaluate:   0%|          | 0/4" in capsys.readouterr().err) == shown  # a bar over the 4 test examples
+
+
+def test_sizes_take_a_number_or_all():
+    from minift.cli import build_parser, finetune_config
+
+    config = finetune_config(build_parser().parse_args(["finetune", "--n-train", "all", "--n-val", "5", "--n-test", "none"]))
+    assert (config.n_train, config.n_val, config.n_test) == ("all", 5, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import inspect
 import json
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import minift.training.distributed as dist
 from minift.cli.options import add_options, add_peft_options, add_signature_options, given, peft_config, peft_configs
-from minift.data import ALPACA_FORMAT, TASKS
+from minift.data import ALPACA_FORMAT, OWN_DATA_EXAMPLE, TASKS
 from minift.evaluation import evaluate_task
 from minift.memory import RunSpec, format_ledger, measure, measure_gemm_workspace, measure_ranks, model_config, predict
 from minift.model import generate, load_model
@@ -80,8 +81,11 @@ def run_pretrain(args) -> None:
 
 def _add_finetune(sub):
     p = sub.add_parser("finetune", help="instruction fine-tuning on one task, then test accuracy",
-                       description="Fine-tune a base model on one task (built-in or your JSONL/CSV) with full "
-                       "fine-tuning or a PEFT method; prints validation accuracy while training and test accuracy at the end.")
+                       description="Fine-tune a base model on one task (built-in or your JSONL/JSON/CSV) with full "
+                       "fine-tuning or a PEFT method; prints validation accuracy while training and test accuracy at the end. "
+                       "Data parallel on several processes: torchrun --nproc_per_node N -m minift.cli finetune ... "
+                       "(--batch-size is the global batch, split over the ranks; rank 0 alone prints, evaluates and writes).",
+                       epilog=OWN_DATA_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p, FinetuneConfig, "finetune", skip=("train", "peft"))
     lr = ", ".join(f"{m} {r:g}" for m, r in DEFAULT_LR.items())
     add_options(p.add_argument_group("training"), TrainConfig, "train", skip=("seed",),
@@ -115,10 +119,11 @@ def run_finetune(args) -> None:
 
 
 def _add_evaluate(sub):
-    p = sub.add_parser("evaluate", help="exact-match accuracy (and ROUGE-L) of a model on built-in tasks")
+    p = sub.add_parser("evaluate", help="exact-match accuracy (and ROUGE-L) of a model on built-in tasks or your files")
     p.add_argument("checkpoint", nargs="?", help="a checkpoint directory (default: the built-in tiny base model)")
     p.add_argument("--adapter", help="a PEFT adapter directory to apply to the checkpoint")
-    p.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"tasks to score (default: {' '.join(TASKS)})")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS),
+                   help=f"built-in tasks or .jsonl/.json/.csv files to score (default: {' '.join(TASKS)})")
     add_signature_options(p.add_argument_group("scoring"), evaluate_task, "evaluate")
     p.set_defaults(run=run_evaluate)
 
@@ -127,9 +132,10 @@ def run_evaluate(args) -> None:
     model, tokenizer = _load(args.checkpoint, args.adapter)
     print(f"{'task':<12}{'shots':>6}{'accuracy':>10}{'chance':>8}{'ROUGE-L':>9}{'context used by shots':>24}")
     for task in args.tasks:
-        r = evaluate_task(model, tokenizer, task, **given(args, "evaluate"))
+        r = evaluate_task(model, tokenizer, task, **{"progress": True, **given(args, "evaluate")})  # a bar unless --no-progress
         rouge = f"{r['rouge_l']:.3f}" if "rouge_l" in r else "-"
-        print(f"{task:<12}{r['shots']:>6}{r['accuracy']:>10.3f}{r['chance_accuracy']:>8.3f}{rouge:>9}{r['shot_fraction']:>23.1%}")
+        chance = "-" if r["chance_accuracy"] is None else f"{r['chance_accuracy']:.3f}"  # unknown for a file
+        print(f"{task:<12}{r['shots']:>6}{r['accuracy']:>10.3f}{chance:>8}{rouge:>9}{r['shot_fraction']:>23.1%}")
 
 
 def _add_memory(sub):

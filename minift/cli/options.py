@@ -19,13 +19,13 @@ import typing
 from minift.data import TRUNCATIONS
 from minift.memory import DTYPES, PRECISIONS, RunSpec
 from minift.peft import METHODS, PEFT_CONFIGS, PROMPT_INITS, LoraConfig, PromptTuningConfig, SelectiveConfig
-from minift.training import LOSSES, OPTIMIZERS, SELECTIONS, STRATEGIES, TrainConfig
+from minift.training import LOSSES, NONFINITE, OPTIMIZERS, SELECTIONS, STRATEGIES, TrainConfig
 
 # The one list of every choice, by field name: flags with these names accept only these values.
 CHOICES = {
     "method": METHODS, "methods": METHODS, "loss": ("auto", *LOSSES), "optimizer": ("auto", *OPTIMIZERS),
     "truncation": TRUNCATIONS, "dtype": tuple(DTYPES), "init": PROMPT_INITS, "select_by": SELECTIONS,
-    "strategy": tuple(STRATEGIES), "precision": PRECISIONS,
+    "strategy": tuple(STRATEGIES), "precision": PRECISIONS, "on_nonfinite": NONFINITE,
 }
 # Flag names that differ from the field's: shorter forms kept from earlier versions, and names that would
 # otherwise be ambiguous on a command line that mixes several dataclasses.
@@ -68,9 +68,12 @@ def field_comments(cls) -> dict[str, str]:
 
 
 def _converter(kind):
-    """(argparse type, nargs) for a field's type hint: X, X | None, tuple[X, ...], str | tuple[str, ...]."""
+    """(argparse type, nargs) for a field's type hint: X, X | None, tuple[X, ...], str | tuple[str, ...],
+    int | str (a number or a word, e.g. a size or "all")."""
     args = [a for a in typing.get_args(kind) if a is not type(None)]
     optional = type(None) in typing.get_args(kind)
+    if set(args) == {int, str}:
+        return (lambda text: None if optional and text.lower() == "none" else _int_or_word(text)), None
     if typing.get_origin(kind) in (typing.Union, types.UnionType) and len(args) == 1:
         inner, nargs = _converter(args[0])
         return (lambda text: None if text.lower() == "none" else inner(text)) if optional else inner, nargs
@@ -80,6 +83,13 @@ def _converter(kind):
         item = typing.get_args(kind)[0]
         return item, "+" if typing.get_args(kind)[-1] is Ellipsis else len(typing.get_args(kind))
     return kind, None
+
+
+def _int_or_word(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def add_options(group, cls, key: str, defaults=None, skip=(), shown: dict | None = None) -> None:

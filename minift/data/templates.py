@@ -62,7 +62,7 @@ class Example:
     prompt: str
     completion: str
     template: str  # the name of the template that rendered it
-    record: int | str  # the record's "id" field if it has one, else its index in the list
+    record: int | str  # the record's "id" field if it has one, else its file and line, else its index in the list
 
 
 @dataclass(frozen=True)
@@ -112,8 +112,15 @@ class PromptTemplate:
 
 
 def describe_record(record: Mapping, index: int | None) -> str:
-    """'record 3', "record 3 (id 'qa-17')" or "record 'qa-17'": how errors name a record."""
-    where = "record" if index is None else f"record {index}"
+    """'record 3', "record 3 (id 'qa-17')" or "record 'qa-17'": how errors name a record.
+
+    A record read from a file (`minift.data.loaders.FileRecord`) is named by its file and line
+    instead of its index, which after splitting is a position in a shuffled split.
+    """
+    origin = getattr(record, "origin", None)
+    where = origin or ("record" if index is None else f"record {index}")
+    if origin is not None:
+        return f"{where} (id {record['id']!r})" if "id" in record else where
     if "id" in record:
         return f"{where} (id {record['id']!r})" if index is not None else f"record {record['id']!r}"
     return where
@@ -168,7 +175,7 @@ class TemplateLibrary:
         for i, record in enumerate(records):
             template = self.choose(i, seed)
             prompt, completion = template.render(record, index=i)
-            examples.append(Example(prompt, completion, template.name, record.get("id", i)))
+            examples.append(Example(prompt, completion, template.name, record.get("id", getattr(record, "origin", i))))
         return examples
 
     def with_templates(self, *templates: PromptTemplate) -> TemplateLibrary:

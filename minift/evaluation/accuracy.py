@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from minift.data import IGNORE_INDEX, TokenizedExample, sequential_batches, shifted_targets
 from minift.evaluation.metrics import rouge_l
@@ -34,15 +35,18 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model, examples: Sequence[TokenizedExample], pad_id: int, batch_size: int = 32) -> EvalResult:
-    """Loss and exact-match accuracy of `model` on tokenized examples (teacher forcing)."""
+def evaluate(model, examples: Sequence[TokenizedExample], pad_id: int, batch_size: int = 32,
+             progress: bool = False) -> EvalResult:
+    """Loss and exact-match accuracy of `model` on tokenized examples (teacher forcing); `progress` shows a bar."""
     if not examples:
         raise ValueError("cannot evaluate on an empty list of examples")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     loss_sum, n_tokens, correct = 0.0, 0, []
+    bar = tqdm(total=len(examples), desc="evaluate", unit="ex", disable=not progress, leave=False)
     for batch in sequential_batches(examples, batch_size, pad_id):
+        bar.update(len(batch["input_ids"]))
         ids = batch["input_ids"].to(device)
         targets = shifted_targets(batch["labels"].to(device))  # (B, T)
         logits = model(ids).float()  # (B, T, V); right padding needs no mask (see training.loss.CompletionLoss)
@@ -51,6 +55,7 @@ def evaluate(model, examples: Sequence[TokenizedExample], pad_id: int, batch_siz
         n_tokens += int(scored.sum())
         token_right = (logits.argmax(-1) == targets) | ~scored  # unscored positions never fail a row
         correct += token_right.all(dim=1).tolist()
+    bar.close()
     model.train(was_training)
     return EvalResult(loss_sum / max(n_tokens, 1), sum(correct) / len(examples), len(examples), n_tokens, correct)
 

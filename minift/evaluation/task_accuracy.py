@@ -30,23 +30,32 @@ def few_shot_examples(tokenizer, queries: Sequence[Example], pool: Sequence[Exam
     return examples, shot_tokens / max(len(queries), 1)
 
 
-def evaluate_task(model, tokenizer, task: str, n: int = 400, shots: int = 0, seed: int = 0, batch_size: int = 16,
-                  score_end: bool = True) -> dict:
-    """Accuracy of `model` on the test split of a built-in task, zero-shot or with `shots` examples.
+def evaluate_task(model, tokenizer, task: str, n: int | str | None = None, shots: int = 0, seed: int = 0,
+                  batch_size: int = 16, score_end: bool = True, templates: str | None = None, progress: bool = False) -> dict:
+    """Accuracy of `model` on the test split of a built-in task or a data file, zero-shot or with `shots` examples.
 
     The test split is the one fine-tuning runs are scored on (minift.data.task_data: a fixed pool per
-    task and seed); shots come from the task's training split, never from the test split.
+    task and seed, or the file split 80/10/10 by the seed); shots come from the training split, never
+    from the test split.
 
-    score_end: also require end-of-text right after the answer. An instruction-tuned model learned
-    to stop there; a base model never did (in its corpus, end-of-text separates documents), so for
-    base models under few-shot prompting pass False: the answer tokens alone are scored.
+    Args:
+        n: test examples, a number or all (None: 400 for a built-in task, all of a file's test split).
+        shots: solved examples put before each query (in-context learning).
+        seed: the split, the templates' choice and the shots.
+        batch_size: sequences per forward pass.
+        score_end: also require end-of-text right after the answer. An instruction-tuned model learned
+            to stop there; a base model never did (in its corpus, end-of-text separates documents), so
+            for base models under few-shot prompting pass False: the answer tokens alone are scored.
+        templates: for a data file, its template-library JSON (None: the Alpaca fields).
+        progress: show a progress bar over the test examples.
     """
-    data = load_task_data(task, tokenizer, model.config.block_size, n_val=0, n_test=n, seed=seed, tokenize=("test",))
+    data = load_task_data(task, tokenizer, model.config.block_size, n_train="all", n_val=0, n_test=n, seed=seed,
+                          templates=templates, tokenize=("test",))
     examples, shot_tokens = data.test, 0.0
     if shots or not score_end:
         examples, shot_tokens = few_shot_examples(tokenizer, data.rendered["test"], data.rendered["train"], shots,
                                                   model.config.block_size, seed, score_end)
-    result = evaluate(model, examples, tokenizer.pad_id, batch_size)
+    result = evaluate(model, examples, tokenizer.pad_id, batch_size, progress=progress)
     record = {"task": task, "shots": shots, "n": result.n_examples, "n_tokens": result.n_tokens,
               "accuracy": result.accuracy, "loss": result.loss,
               "chance_accuracy": data.chance_accuracy, "shot_tokens": shot_tokens,

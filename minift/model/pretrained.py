@@ -15,10 +15,9 @@ import dataclasses
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
-from minift._files import atomic_write, read_json, write_json
+from minift._files import atomic_write, read_json, read_safetensors, write_json
 from minift.model.gpt import GPT, GPTConfig
 from minift.tokenizer import Tokenizer
 
@@ -99,9 +98,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"no model.safetensors in {path}")
     tensors = {}
     for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                tensors[key] = f.get_tensor(key)
+        tensors.update(read_safetensors(file))
     return tensors
 
 

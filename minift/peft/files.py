@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from minift._files import atomic_write, read_json, write_json
+from minift._files import atomic_write, read_json, read_safetensors, write_json
 from minift.model import save_gpt2
 from minift.peft.config import LoraConfig
 from minift.peft.lora import (
@@ -314,7 +314,7 @@ def _read(path) -> tuple[dict, dict[str, torch.Tensor]]:
                 "can execute arbitrary code"
             )
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {path}")
-    return config, load_file(str(path / WEIGHTS_NAME))
+    return config, read_safetensors(path / WEIGHTS_NAME)
 
 
 def _check_tensors(path, tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]) -> None:

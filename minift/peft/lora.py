@@ -258,6 +258,8 @@ def apply_lora(model: nn.Module, config: LoraConfig | None = None, **fields) -> 
     names = match_targets(model, spec.targets)
     if "lm_head" in names and getattr(getattr(model, "config", None), "tie_weights", False):
         raise ValueError("lm_head shares its weight with transformer.wte (tied); LoRA on it would change wte too")
+    for name in names:  # checked before any layer is wrapped, so a refused adapter leaves the model as it was
+        _check_rank(name, model.get_submodule(name), spec.rank)
     for name in names:
         module = model.get_submodule(name)
         if not isinstance(module, LoRALinear):
@@ -268,6 +270,18 @@ def apply_lora(model: nn.Module, config: LoraConfig | None = None, **fields) -> 
         layer.active = adapter_name  # layers the new adapter does not touch add nothing
     _make_only_trainable(model, adapter_name)
     return model
+
+
+def _check_rank(name: str, layer: nn.Module, rank: int) -> None:
+    """Refuse r > min(in, out): B A then has full rank already at r = min(in, out), so a larger r adds
+    parameters (r * (in + out), more than the layer's in * out) and nothing it could express."""
+    base = layer.base if isinstance(layer, LoRALinear) else layer
+    limit = min(base.in_features, base.out_features)
+    if rank > limit:
+        raise ValueError(
+            f"LoRA rank {rank} is above min(in, out) = {limit} of {name} ({base.in_features} -> {base.out_features}): "
+            f"a rank-{limit} update is already full rank, so more would only add parameters; use --rank <= {limit}"
+        )
 
 
 def set_adapter(model: nn.Module, name: str) -> None:

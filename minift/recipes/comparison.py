@@ -87,7 +87,7 @@ def compare(config: CompareConfig, log=print) -> list[dict]:
     # The floor: the base model prompted with solved examples; it never learned to stop, so only its
     # answer is scored (minift.evaluate.evaluate_task, score_end=False).
     base = evaluate_task(model, tokenizer, config.task, n=config.n_test, shots=config.base_shots, seed=config.seed,
-                         score_end=False)
+                         score_end=False, progress=config.progress)
     rows = [dict(method=f"base, {config.base_shots}-shot", trainable_params=0, trainable_pct=0.0, artefact_bytes=0,
                  test_accuracy=base["accuracy"], chance=data.chance_accuracy)]
     # The step the memory columns describe: the run's batch of its longest rows.

@@ -10,6 +10,10 @@ evaluates the best checkpoint on the test split. It writes into `out_dir`:
     model/ or adapter/   the instruct model (full) or only the trained part (PEFT)
     result.json          configuration, parameter counts, sizes, accuracies, timings
     metrics.jsonl, curves.png, snapshots/, best/   from the training loop
+
+With `overwrite`, the new run is written beside the earlier one and replaces it whole when it has
+finished (`minift._files.run_directory`): a run that fails leaves the earlier one as it was. Under
+torchrun every rank trains; rank 0 alone evaluates the test set and writes.
 """
 
 from __future__ import annotations
@@ -22,12 +26,12 @@ from pathlib import Path
 
 import torch
 
-from minift._files import claim_outputs, write_json
+import minift.training.distributed as dist
+from minift._files import run_directory, write_json
 from minift.data import Batches, MixtureBatches, load_task_data
 from minift.evaluation import evaluate, rouge_scores
 from minift.model import load_model, save_model
 from minift.peft import METHODS, PeftConfig, apply_peft, check_method, save_trainable, trainable_parameters
-import minift.training.distributed as dist
 from minift.training import RUN_FILES, TrainConfig, gathered_state_dict, is_sharded, train
 
 # Peak learning rates per method for the tiny base model on the built-in tasks, picked from short
@@ -38,14 +42,14 @@ assert set(DEFAULT_LR) == set(METHODS), "a learning rate for every method"
 
 @dataclass
 class FinetuneConfig:
-    task: str | tuple[str, ...] = "reviews"  # a built-in task (reviews, arithmetic, qa, summarize) or a .jsonl/.csv file; several: multi-task
+    task: str | tuple[str, ...] = "reviews"  # a built-in task (reviews, arithmetic, qa, summarize) or a .jsonl/.json/.csv file; several: multi-task
     templates: str | None = None  # for a file: a template-library JSON (default: Alpaca instruction/input/output)
     method: str = "full"  # full, lora, prompt-tuning or selective
     peft: PeftConfig | None = None  # None: the method's defaults
     base: str | None = None  # a base checkpoint directory; None: the built-in tiny base model
-    n_train: int | None = 800  # training examples (None: the whole split)
-    n_val: int | None = 100  # validation examples (None: the whole split)
-    n_test: int | None = 400  # test examples (None: the whole split)
+    n_train: int | str | None = None  # training examples, a number or all (None: 800 for a built-in task, all of a file's 80%)
+    n_val: int | str | None = None  # validation examples, a number or all (None: 100 for a built-in task, all of a file's 10%)
+    n_test: int | str | None = None  # test examples, a number or all (None: 400 for a built-in task, all of a file's 10%)
     max_length: int | None = None  # None: the model's context length
     truncation: str = "error"  # a too-long example: error, or left (cut the prompt from the left)
     seed: int = 0  # the split, the templates' choice, the data order and the initialisation
@@ -77,10 +81,18 @@ def finetune(config: FinetuneConfig) -> dict:
     """
     t0 = time.perf_counter()
     t = config.train
-    dist.setup()  # under torchrun: join the ranks now, so that one of them alone claims out_dir
-    if dist.rank() == 0:
-        claim_outputs(t.out_dir, ("model", "adapter", "result.json", *RUN_FILES), t.overwrite, t.resume, resumable=True)
-    dist.barrier()
+    dist.setup()  # under torchrun: rank 0 alone claims the directory, evaluates and writes the results
+    main = dist.rank() == 0
+    with run_directory(t.out_dir, ("model", "adapter", "result.json", *RUN_FILES), t.overwrite, t.resume,
+                       resumable=True, claim=main) as work:
+        dist.barrier()  # the directory exists before any rank writes into it
+        record = _finetune(config, work, t0)
+        dist.barrier()  # every rank is done with the directory before rank 0 swaps it into place
+    return dist.all_gather_object(record)[0]  # rank 0's record, on every rank
+
+
+def _finetune(config: FinetuneConfig, work: Path, t0: float) -> dict | None:
+    """The run itself, writing into `work`; the record on rank 0, None on the other ranks."""
     torch.manual_seed(config.seed)  # the same initial adapter on every rank: FSDP2 shards each rank's own copy
     model, tokenizer = _model(config)
     # after apply_peft: prompt tuning's virtual tokens take part of the context
@@ -98,11 +110,13 @@ def finetune(config: FinetuneConfig) -> dict:
         batches = MixtureBatches(sources, {name: len(ex) for name, ex in sources.items()}, config.train.batch_size,
                                  tokenizer.pad_id, seed=config.seed)
     validation = [e for d in data.values() for e in d.validation]
-    result = train(model, batches, validation, tokenizer.pad_id, config.train)
-    if is_sharded(model):  # FSDP2 under torchrun: the trained weights, gathered into an unsharded copy
+    result = train(model, batches, validation, tokenizer.pad_id, dataclasses.replace(config.train, out_dir=str(work)))
+    if is_sharded(model):  # FSDP2 under torchrun: the trained weights, gathered (by every rank) into an unsharded copy
         state = gathered_state_dict(model)
         model = _model(config)[0]
         model.load_state_dict(state)
+    if dist.rank() != 0:
+        return None
 
     tests = {}
     for name, d in data.items():
@@ -110,15 +124,13 @@ def finetune(config: FinetuneConfig) -> dict:
         tests[name] = {"accuracy": test.accuracy, "loss": test.loss, "n": test.n_examples, "chance_accuracy": d.chance_accuracy}
         if "rouge_l" in d.metrics:
             tests[name]["rouge_l"] = rouge_scores(model, tokenizer, d.test, config.train.eval_batch_size)
-    out = Path(config.train.out_dir)
     model.cpu()
-    artefact = out / ("model" if config.method == "full" else "adapter")
-    if dist.rank() == 0 and config.method == "full":  # under torchrun every rank holds the same model: one writes it
-        save_model(model, tokenizer, artefact)
-    elif dist.rank() == 0:
-        save_trainable(model, artefact)
-    dist.barrier()
-    sizes = {f.name: f.stat().st_size for f in sorted(artefact.iterdir())}
+    name = "model" if config.method == "full" else "adapter"
+    if config.method == "full":
+        save_model(model, tokenizer, work / name)
+    else:
+        save_trainable(model, work / name)
+    sizes = {f.name: f.stat().st_size for f in sorted((work / name).iterdir())}
     record = {
         "task": "+".join(data),
         "method": config.method,
@@ -126,7 +138,7 @@ def finetune(config: FinetuneConfig) -> dict:
         "trainable_parameters": trainable,
         "total_parameters": total,
         "trainable_percent": 100 * trainable / total,
-        "artefact": str(artefact),
+        "artefact": str(Path(config.train.out_dir) / name),  # where it is once the run is in place
         "artefact_bytes": sizes,
         "n_train": sum(len(d.train) for d in data.values()),
         "n_val": len(validation),
@@ -141,8 +153,7 @@ def finetune(config: FinetuneConfig) -> dict:
         "time_per_step_s": result.wall_time_s / max(result.steps, 1),
         "total_time_s": time.perf_counter() - t0,
     }
-    if dist.rank() == 0:
-        write_json(out / "result.json", record)
+    write_json(work / "result.json", record)
     return record
 
 

@@ -21,13 +21,13 @@ from minift.training.sharding import (
     shard_model,
     shard_numel,
 )
-from minift.training.config import SELECTIONS, TrainConfig
+from minift.training.config import NONFINITE, SELECTIONS, TrainConfig
 from minift.training.log import MetricsLog, plot_curves, read_metrics
 from minift.training.snapshot import Snapshot, load_snapshot, save_snapshot
 from minift.training.loop import RUN_FILES, TrainingDiverged, TrainResult, train
 
 __all__ = [
-    "LOSSES", "OPTIMIZERS", "RUN_FILES", "SELECTIONS", "STRATEGIES",
+    "LOSSES", "NONFINITE", "OPTIMIZERS", "RUN_FILES", "SELECTIONS", "STRATEGIES",
     "CompletionLoss", "MetricsLog", "Snapshot", "Strategy", "TrainConfig", "TrainResult", "TrainingDiverged",
     "build_optimizer", "default_loss", "default_optimizer", "gathered_state_dict", "get_strategy", "is_sharded", "parallelize",
     "learning_rate", "load_snapshot", "plot_curves",

@@ -11,6 +11,10 @@ from minift.training.optim import OPTIMIZERS, default_optimizer, learning_rate
 from minift.training.sharding import STRATEGIES, get_strategy
 
 SELECTIONS = ("accuracy", "loss")  # what TrainConfig.select_by may say
+# What a step with a NaN or infinite loss or gradient does, caught before the optimizer steps: "stop"
+# raises TrainingDiverged (the weights and every snapshot stay finite); "skip" drops that step's update,
+# as mixed-precision loss scaling does with an overflowing step (Micikevicius et al. 2018).
+NONFINITE = ("stop", "skip")
 
 
 @dataclass
@@ -25,6 +29,7 @@ class TrainConfig:
     weight_decay: float = 0.01  # decoupled (AdamW); only matrices decay, not biases or norms
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW's moment decay rates
     grad_clip: float | None = 1.0  # max global L2 norm of the gradient; None: no clipping
+    on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop (raise; snapshots stay good) or skip the update
     optimizer: str = "auto"  # adamw, fused-adamw or sgd; auto: fused-adamw on CUDA, adamw on CPU
     loss: str = "auto"  # torch, fused or fused-linear; auto: fused-linear on CUDA, fused on CPU
     eval_every: int = 50  # steps between evaluations (and snapshots); the last step is always evaluated
@@ -48,6 +53,13 @@ class TrainConfig:
     def __post_init__(self):
         if self.batch_size < 1 or self.max_steps < 1 or self.eval_every < 1:
             raise ValueError("batch_size, max_steps and eval_every must be >= 1")
+        if not self.lr >= 0 or (self.min_lr is not None and not self.min_lr >= 0):  # `not >=`: NaN is refused too
+            raise ValueError(f"lr and min_lr must be >= 0, got lr {self.lr}, min_lr {self.min_lr}")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or (self.grad_clip is not None and not self.grad_clip > 0):
+            raise ValueError(f"warmup_steps and weight_decay must be >= 0 and grad_clip > 0 (or None), got "
+                             f"{self.warmup_steps}, {self.weight_decay}, {self.grad_clip}")
+        if self.on_nonfinite not in NONFINITE:
+            raise ValueError(f"on_nonfinite must be one of {NONFINITE}, got {self.on_nonfinite!r}")
         if self.loss not in ("auto", *LOSSES):
             raise ValueError(f"loss must be 'auto' or one of {LOSSES}, got {self.loss!r}")
         if self.select_by not in SELECTIONS:

@@ -4,6 +4,7 @@ and the training curves drawn from it."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from minift._files import atomic_write
@@ -25,9 +26,14 @@ class MetricsLog:
         self.path, self.enabled = path, enabled
 
     def write(self, record: dict) -> None:
+        """Append `record`; a NaN or infinite number is written as null (JSON has no NaN, so each line stays JSON)."""
         if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+            try:
+                with self.path.open("a") as f:
+                    f.write(json.dumps(finite, allow_nan=False) + "\n")
+            except OSError as error:  # a full disk: name the file (a write error does not)
+                raise OSError(error.errno, f"cannot write {self.path}: {error.strerror or error}") from error
 
     def read(self) -> list[dict]:
         return read_metrics(self.path)
@@ -42,6 +48,7 @@ class MetricsLog:
 def plot_curves(history: list[dict], path: Path) -> None:
     """Training loss, validation loss and validation accuracy against the step, as a PNG."""
     plt = pyplot()
+    history = [{k: math.nan if v is None else v for k, v in r.items()} for r in history]  # null: a gap in the curve
     train = [r for r in history if r["kind"] == "train"]
     evals = [r for r in history if r["kind"] == "eval"]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))

@@ -17,7 +17,9 @@ longer equal one big batch.
 from __future__ import annotations
 
 import math
+import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from minift.training.optim import build_optimizer
 from minift.training.sharding import gather, parallelize
 from minift.training.snapshot import (
     Snapshot,
+    has_snapshot,
     load_snapshot,
     load_trainable_tensors,
     save_snapshot,
@@ -60,7 +63,8 @@ class TrainResult:
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good snapshot is left as it was."""
+    """The loss or the gradient became NaN or infinite; caught before the optimizer stepped, so the
+    weights and every snapshot are still finite."""
 
 
 @dataclass(eq=False)
@@ -115,7 +119,8 @@ def train(
         curves in out_dir/curves.png.
 
     Raises:
-        TrainingDiverged: the loss became NaN or infinite.
+        TrainingDiverged: the loss or the gradient became NaN or infinite, with `on_nonfinite="stop"`
+            (with "skip" that step's update is dropped and the run goes on).
     """
     run = _start(model, train_batches, optimizer, config)
     t_start, tokens_seen, stopped_early, train_loss = time.perf_counter(), 0, False, float("nan")
@@ -132,7 +137,7 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tokens / dt:,.0f}")
             if val_examples and (run.step % config.eval_every == 0 or run.step == config.max_steps):
-                if _evaluate(run, val_examples, pad_id, bar.write):
+                if _evaluate(run, val_examples, pad_id, bar.write if dist.rank() == 0 else lambda _: None):  # rank 0 prints
                     stopped_early = True
                     break
     finally:
@@ -159,8 +164,13 @@ def _start(model: nn.Module, batches, optimizer: torch.optim.Optimizer | None, c
     if share % micro:
         raise ValueError(f"each rank's {share} rows do not split into micro-batches of {micro}")
     out = Path(config.out_dir)
+    # --resume before any snapshot was written (a run killed early): nothing to continue, so start clean
+    fresh = config.resume and not has_snapshot(out)
     if rank == 0:
-        claim_outputs(out, RUN_FILES, config.overwrite, config.resume, resumable=True)
+        if fresh:
+            print(f"resume: no snapshot in {out / 'snapshots'} yet; starting from step 0 (earlier metrics dropped)",
+                  file=sys.stderr)
+        claim_outputs(out, RUN_FILES, config.overwrite or fresh, config.resume and not fresh, resumable=True)
     torch.manual_seed(config.seed + rank)  # dropout streams differ by rank, reproducibly
 
     model.to(device)
@@ -205,14 +215,22 @@ def _train_step(run: _Run) -> tuple[float, int]:
         loss.backward()
         loss_sum += loss.detach()
     train_loss = dist.all_reduce_sum(float(loss_sum)) / world  # the step's one read of the device
-    if not math.isfinite(train_loss):
-        raise TrainingDiverged(
-            f"the training loss is {train_loss} at step {run.step + 1}; stopped without saving. "
-            f"The last good snapshot (if any) is intact in {run.out / 'snapshots'}"
-        )
     run.grad_norm = _clip(run.model, config.grad_clip)
-    run.optimizer.step()
+    # Checked before the optimizer steps: one NaN gradient would make every weight NaN (AdamW's moments
+    # spread it), and a NaN can sit in the gradient while the loss is still finite. After DDP's all-reduce
+    # every rank sees the same loss and norm, so all ranks decide alike.
+    finite = math.isfinite(train_loss) and math.isfinite(run.grad_norm)
+    if finite:
+        run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
+    if not finite and config.on_nonfinite == "stop":
+        raise TrainingDiverged(
+            f"the training loss is {train_loss} and the gradient norm {run.grad_norm} at step {run.step + 1}; "
+            f"stopped before the optimizer stepped, so the weights and the last snapshot (in {run.out / 'snapshots'}, "
+            "if one was written) are finite. Lower --lr, or pass --on-nonfinite skip to drop such steps"
+        )
+    if not finite:
+        warnings.warn(f"step {run.step + 1}: non-finite loss or gradient; its update was skipped (on_nonfinite='skip')")
     run.step += 1
     return train_loss, dist.all_reduce_sum(int(mine["attention_mask"].sum()))
 

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 import minift.training.distributed as dist
 from minift.training.sharding import gather, shard_like
-from minift._files import atomic_write, read_json, write_json
+from minift._files import atomic_write, read_json, read_safetensors, write_json
 
 # Config fields that may differ when a run is resumed: they do not change what is computed.
 _RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "device", "out_dir"}
@@ -50,8 +50,16 @@ def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_trainable_tensors(model: torch.nn.Module, directory: Path) -> None:
-    """Write the trainable tensors (call on every rank: sharded ones are gathered; rank 0 writes)."""
+    """Write the trainable tensors to directory/trainable.safetensors (call on every rank: sharded ones are
+    gathered; rank 0 writes).
+
+    Raises:
+        ValueError: a parameter holds NaN or inf (nothing is written: a saved checkpoint is always usable).
+    """
     tensors = {k: v.contiguous().cpu() for k, v in trainable_tensors(model).items()}
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"not saving {directory}: {len(bad)} trainable tensors hold NaN or inf (first: {bad[0]})")
     if dist.rank() != 0:
         return
     directory.mkdir(parents=True, exist_ok=True)
@@ -60,7 +68,7 @@ def save_trainable_tensors(model: torch.nn.Module, directory: Path) -> None:
 
 def load_trainable_tensors(model: torch.nn.Module, directory: Path, device=None) -> None:
     """Copy saved trainable parameters into `model`, which must have the same trainable names and shapes."""
-    saved = load_file(str(directory / "trainable.safetensors"), device=str(device or "cpu"))
+    saved = read_safetensors(directory / "trainable.safetensors", device=str(device or "cpu"))
     params = dict(model.named_parameters())
     expected = {name for name, p in params.items() if p.requires_grad}
     if set(saved) != expected:
@@ -135,6 +143,11 @@ def save_snapshot(out: Path, snap: Snapshot, model, optimizer, batches) -> None:
             shutil.rmtree(old)
 
 
+def has_snapshot(out: Path) -> bool:
+    """Whether `out` holds a complete snapshot to resume from."""
+    return (out / "snapshots" / "latest.json").is_file()
+
+
 def load_snapshot(out: Path, config: dict, model, optimizer, batches, device) -> Snapshot | None:
     """Restore the latest snapshot of `out` into model, optimizer, batches and RNG; None if there is none.
 
@@ -142,7 +155,7 @@ def load_snapshot(out: Path, config: dict, model, optimizer, batches, device) ->
         ValueError: the snapshot was made with another configuration or number of ranks.
     """
     pointer = out / "snapshots" / "latest.json"
-    if not pointer.is_file():
+    if not has_snapshot(out):
         return None
     directory = out / "snapshots" / read_json(pointer)["directory"]
     state = read_json(directory / "trainer_state.json")
@@ -150,7 +163,7 @@ def load_snapshot(out: Path, config: dict, model, optimizer, batches, device) ->
         raise ValueError(f"{directory} was written by {state['world_size']} ranks; resume with the same number")
     _check_resumable(state["config"], json.loads(json.dumps(config)))  # JSON turns tuples into lists, as saved
     load_trainable_tensors(model, directory, device)
-    tensors = load_file(str(directory / "optimizer.safetensors"))
+    tensors = read_safetensors(directory / "optimizer.safetensors")
     optimizer.load_state_dict(_join_optimizer_state(tensors, state["optimizer"], optimizer))
     batches.load_state_dict(state["data"])
     prefix = f"rank{dist.rank()}."

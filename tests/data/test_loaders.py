@@ -93,5 +93,58 @@ def test_load_records_dispatches_on_suffix(tmp_path):
     assert load_records(write(tmp_path / "d.jsonl", '{"a": 1}\n')) == [{"a": 1}]
     assert load_records(write(tmp_path / "d.CSV", "a\n1\n")) == [{"a": "1"}]
     txt = write(tmp_path / "d.txt", "a")
-    with pytest.raises(DataFileError, match=re.escape(f"{txt}: unknown file type '.txt'; expected .jsonl or .csv")):
+    with pytest.raises(DataFileError, match=re.escape(f"{txt}: unknown file type '.txt'; expected .jsonl, .json, .csv")):
         load_records(txt)
+
+
+def test_json_array_alpaca_layout_loads_with_the_line_of_each_record(tmp_path):
+    rows = [{"instruction": "Say hi.", "input": "", "output": "Hi!"}, {"instruction": "Add.", "input": "1 2", "output": "3"}]
+    path = write(tmp_path / "alpaca_data.json", json.dumps(rows, indent=4))  # Alpaca's own layout: an indented array
+    records = load_records(path, required_fields=("instruction", "input", "output"))
+    assert records == rows
+    # json.dumps(indent=4) puts "[" on line 1 and each object's "{" on lines 2 and 7
+    assert [r.origin for r in records] == [f"{path} line 2", f"{path} line 7"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"a": 1}', "line 1: expected a JSON array of objects"),
+        ('[\n{"a": 1},\n7\n]', "line 3: expected a JSON object, got int"),
+        ('[\n{"a": 1},\n{"a": 2,}\n]', "line 3: not valid JSON (Expecting property name"),
+        ('[\n{"a": 1}\n{"a": 2}\n]', "line 3: not valid JSON (expected ',' or ']'"),
+        ('[{"a": 1}]\n[]', "line 2: not valid JSON (text after the array)"),
+        ("[ ]", "empty array, no records"),
+        ('[\n{"a": 1},\n{"b": 2}\n]', "line 3: missing field 'a' (has: b)"),
+    ],
+)
+def test_bad_json_arrays_name_file_and_line(tmp_path, text, message):
+    path = write(tmp_path / "d.json", text)
+    with pytest.raises(DataFileError, match=re.escape(f"{path}") + ".*" + re.escape(message)):
+        load_records(path, required_fields=("a",))
+
+
+@pytest.mark.parametrize("name", ["D.JSONL", "d.Jsonl", "d.CSV", "D.JSON"])
+def test_suffixes_in_any_case_load(tmp_path, name):
+    text = {"jsonl": '{"a": "1"}\n', "csv": "a\n1\n", "json": '[{"a": "1"}]'}[name.rsplit(".", 1)[1].lower()]
+    assert load_records(write(tmp_path / name, text)) == [{"a": "1"}]
+
+
+def test_every_record_knows_its_file_and_line(tmp_path):
+    jsonl = write(tmp_path / "d.jsonl", '{"a": 1}\n\n{"a": 2}\n')
+    csv_path = write(tmp_path / "r.csv", 'text,rating\n"two\nlines",5\nok,4\n')  # the second row starts on line 4
+    assert [r.origin for r in load_records(jsonl)] == [f"{jsonl} line 1", f"{jsonl} line 3"]
+    assert [r.origin for r in load_records(csv_path)] == [f"{csv_path} line 2", f"{csv_path} line 4"]
+
+
+def test_a_template_error_after_splitting_names_the_file_and_line(tmp_path):
+    from minift.data import split_records
+
+    rows = [{"q": f"question {i}", "a": str(i)} for i in range(300)]
+    del rows[200]["a"]  # file line 201
+    path = write(tmp_path / "mine.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    splits = split_records(load_records(path), (0.8, 0.1, 0.1), seed=0)
+    library = TemplateLibrary("mine", (PromptTemplate("mine", "{{q}}", "{{a}}"),))
+    split = next(s for s in (splits.train, splits.validation, splits.test) if any("a" not in r for r in s))
+    with pytest.raises(Exception, match=re.escape(f"needs field 'a', which is missing or null in {path} line 201 (its fields: q)")):
+        library.render(split, seed=0)

@@ -284,3 +284,24 @@ def test_unknown_duplicate_and_unusable_adapter_names(model):
         set_adapter(model, "x")
     with pytest.raises(ValueError, match="already has an adapter named 'a'"):
         apply_lora(model, rank=4, alpha=8, targets=("c_fc",), adapter_name="a")
+
+
+@pytest.mark.parametrize("targets, rank, ok", [("c_attn", 16, True), ("c_attn", 17, False), ("c_fc", 16, True),
+                                              ("c_fc", 17, False)])
+def test_a_rank_above_min_in_out_is_refused_and_leaves_the_model_as_it_was(model, targets, rank, ok):
+    # n_embd 16: c_attn is 16 -> 48 and c_fc 16 -> 64, so min(in, out) = 16 for both; r = 16 is full rank
+    before = [name for name, _ in model.named_modules()]
+    if ok:
+        apply_lora(model, rank=rank, targets=[targets])
+        return
+    with pytest.raises(ValueError, match=rf"LoRA rank {rank} is above min\(in, out\) = 16 of transformer.h.0.\w+.{targets} "
+                                         r"\(16 -> \d+\): a rank-16 update is already full rank"):
+        apply_lora(model, rank=rank, targets=[targets])
+    assert [name for name, _ in model.named_modules()] == before  # nothing wrapped
+
+
+def test_a_refused_rank_wraps_no_layer_even_when_earlier_layers_allow_it():
+    net = nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 8))  # min(in, out): 32, then 8
+    with pytest.raises(ValueError, match=r"rank 16 is above min\(in, out\) = 8 of 1 \(32 -> 8\)"):
+        apply_lora(net, rank=16, targets=["0", "1"])
+    assert all(type(m) is nn.Linear for m in net)

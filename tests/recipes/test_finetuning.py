@@ -84,23 +84,50 @@ def test_bad_configurations(tiny_checkpoint, tmp_path):
         finetune(_config(tmp_path, tiny_checkpoint, n_train=5000))
 
 
+def test_overwrite_replaces_the_whole_run_and_a_failed_one_leaves_the_earlier_run_whole(tmp_path, tiny_checkpoint):
+    import dataclasses
+
+    from minift.training import TrainingDiverged
+
+    def run(method, **train):
+        config = _config(tmp_path, tiny_checkpoint, method=method, n_train=8, n_val=4, n_test=4)
+        config.train = dataclasses.replace(config.train, **{"max_steps": 1, "eval_every": 1, "overwrite": True, **train})
+        return finetune(config)
+
+    out = tmp_path / "run"
+    run("full")
+    full_result = (out / "result.json").read_text()
+    with pytest.raises(TrainingDiverged):  # a LoRA run over it that fails: the full run is untouched
+        run("lora", lr=1e9, warmup_steps=0, grad_clip=None, max_steps=3)
+    assert (out / "result.json").read_text() == full_result and (out / "model").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging directory left beside it
+    record = run("lora")
+    # the LoRA run replaced the whole directory: no model/ of the full run beside the new adapter/
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "best", "curves.png", "metrics.jsonl", "result.json", "snapshots"]
+    assert record["artefact"] == str(out / "adapter") and json.loads((out / "result.json").read_text())["method"] == "lora"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["full"])  # LoRA under FSDP2: tests/training/test_distributed.py
-def test_fsdp_finetune_under_torchrun_saves_a_model_one_process_loads(tiny_checkpoint, tmp_path, method):
-    """`torchrun --nproc_per_node 2 -m minift.cli finetune --strategy fsdp`: the sharded weights are
-    gathered into a normal model directory (or adapter), which reproduces the reported test loss."""
+def test_under_torchrun_two_fsdp_ranks_behave_as_one_run_and_save_a_model_one_process_loads(tiny_checkpoint, tmp_path):
+    """`torchrun --nproc_per_node 2 -m minift.cli finetune --strategy fsdp`: rank 0 alone prints, evaluates the
+    test set and writes the results; the sharded weights are gathered into a normal model directory, which
+    reproduces the reported test loss in one process."""
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
-    argv = ["finetune", "--base", str(tiny_checkpoint), "--task", "reviews", "--method", method, "--strategy", "fsdp",
+    argv = ["finetune", "--base", str(tiny_checkpoint), "--task", "reviews", "--method", "full", "--strategy", "fsdp",
             "--n-train", "24", "--n-val", "8", "--n-test", "16", "--steps", "4", "--batch-size", "8", "--warmup-steps", "1",
             "--eval-every", "2", "--out", str(out), "--no-progress"]
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    "-m", "minift.cli", *argv], check=True, env=env, capture_output=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "minift.cli", *argv], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    # one run's output, once: not one copy per rank
+    assert sum(line.startswith("step 2: val loss") for line in lines) == 1, done.stdout
+    assert sum(line.startswith("test accuracy on reviews") for line in lines) == 1, done.stdout
     record = json.loads((out / "result.json").read_text())
     assert record["steps"] == 4 and record["config"]["train"]["strategy"] == "fsdp"
-    model, tokenizer = load_model(out / "model" if method == "full" else tiny_checkpoint)
-    if method == "lora":
-        model = load_trainable(model, out / "adapter")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and not list(out.glob(".*.tmp"))  # no temporary left
+    model, tokenizer = load_model(out / "model")
     test = load_task_data("reviews", tokenizer, model.config.block_size, n_val=0, n_test=16).test
     # fp32, the same weights and examples in one process: the loss the two ranks reported, to rounding
     assert evaluate(model, test, tokenizer.pad_id).loss == pytest.approx(record["tests"]["reviews"]["loss"], rel=1e-5)

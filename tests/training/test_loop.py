@@ -166,7 +166,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_snapshot(tiny_gpt, tiny_tok
     train_ex, val_ex = review_examples
     pad = tiny_tokenizer.pad_id
     batches = _PoisonedBatches(train_ex, 8, pad, seed=0, model=tiny_gpt, after=5)
-    with pytest.raises(TrainingDiverged, match="the training loss is nan at step 5; stopped without saving"):
+    with pytest.raises(TrainingDiverged, match="the training loss is nan and the gradient norm nan at step 5; stopped before"):
         train(tiny_gpt, batches, val_ex, pad, _config(tmp_path, max_steps=8, eval_every=2))
     snapshots = tmp_path / "run" / "snapshots"
     assert sorted(p.name for p in snapshots.iterdir()) == ["latest.json", "step-0000004"]
@@ -241,3 +241,86 @@ def test_cuda_rng_states_are_restored_in_device_order():
 
     keys = {f"rank0.rng.cuda.{i}": i for i in range(12)} | {"rank1.rng.cuda.0": 0, "rank0.rng.cpu": 0}
     assert cuda_rng_keys(keys, "rank0.") == [f"rank0.rng.cuda.{i}" for i in range(12)]  # 11 GPUs and more: 2 before 10
+
+
+def _strict_json(line: str):
+    """json.loads that refuses NaN and Infinity, which Python's json writes by default but JSON does not have."""
+    return json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in a metrics line: {line}"))
+
+
+def _poison_gradient_at(model, step):
+    """A finite loss whose gradient holds a NaN on optimizer step `step` (1-based) only."""
+    calls = {"n": 0}
+
+    def hook(grad):
+        calls["n"] += 1
+        return grad * float("nan") if calls["n"] == step else grad
+
+    model.transformer.ln_f.bias.register_hook(hook)  # one backward per step: no micro-batches here
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("on_nonfinite", ["stop", "skip"])
+def test_a_nan_gradient_never_reaches_the_weights_or_a_snapshot(tiny_gpt, tiny_tokenizer, review_examples, tmp_path,
+                                                                 on_nonfinite):
+    _poison_gradient_at(tiny_gpt, step=3)  # the loss stays finite: only a check of the gradient catches it
+    config = _config(tmp_path, max_steps=4, eval_every=2, on_nonfinite=on_nonfinite)
+    optimizer = torch.optim.AdamW(tiny_gpt.parameters(), lr=config.lr)
+    run = lambda: train(tiny_gpt, Batches(review_examples[0], 8, tiny_tokenizer.pad_id, seed=0), review_examples[1],
+                        tiny_tokenizer.pad_id, config, optimizer=optimizer)
+    if on_nonfinite == "stop":
+        with pytest.raises(TrainingDiverged, match=r"the training loss is [\d.]+ and the gradient norm nan at step 3"):
+            run()
+    else:
+        with pytest.warns(UserWarning, match="step 3: non-finite loss or gradient; its update was skipped"):
+            run()
+    assert {int(state["step"]) for state in optimizer.state.values()} == {2 if on_nonfinite == "stop" else 3}
+    assert all(bool(torch.isfinite(v).all()) for v in tiny_gpt.state_dict().values())
+    from safetensors.torch import load_file
+    for saved in (tmp_path / "run").rglob("*.safetensors"):
+        assert all(bool(torch.isfinite(t).all()) for t in load_file(str(saved)).values() if t.is_floating_point())
+    records = [_strict_json(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["kind"] == "train"]
+    # "stop" logs steps 1-2 (step 3 raised); "skip" logs step 3 with its NaN norm as null, then step 4
+    assert [r["step"] for r in train_records] == ([1, 2] if on_nonfinite == "stop" else [1, 2, 3, 4])
+    if on_nonfinite == "skip":
+        assert train_records[2]["grad_norm"] is None and train_records[3]["grad_norm"] > 0
+
+
+def test_resume_without_a_snapshot_starts_clean_and_says_so(tiny_gpt, tiny_tokenizer, review_examples, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    killed = [{"step": s, "kind": "train", "loss": 9.0} for s in range(1, 48)]  # a run killed before its first snapshot
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in killed))
+    result = _run(tiny_gpt, review_examples, _config(tmp_path, max_steps=2, eval_every=2, resume=True), tiny_tokenizer.pad_id)
+    assert "resume: no snapshot in" in capsys.readouterr().err and result.steps == 2
+    records = [_strict_json(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["kind"]) for r in records] == [(1, "train"), (2, "train"), (2, "eval")]
+    assert all(r["loss"] != 9.0 for r in records)
+
+
+@pytest.mark.parametrize("field, value", [("lr", -1.0), ("lr", float("nan")), ("min_lr", -1e-4), ("warmup_steps", -1),
+                                          ("grad_clip", 0.0), ("on_nonfinite", "ignore")])
+def test_bad_numbers_are_refused_at_construction(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_a_non_finite_parameter_is_never_saved(tiny_gpt, tmp_path):
+    from minift.training.snapshot import save_trainable_tensors
+
+    with torch.no_grad():
+        tiny_gpt.transformer.ln_f.weight[3] = float("inf")
+    with pytest.raises(ValueError, match=r"not saving .*best: 1 trainable tensors hold NaN or inf \(first: transformer.ln_f.weight\)"):
+        save_trainable_tensors(tiny_gpt, tmp_path / "best")
+    assert not (tmp_path / "best").exists()
+
+
+def test_a_full_disk_under_the_metrics_log_names_the_file():
+    from pathlib import Path
+
+    from minift.training import MetricsLog
+
+    log = MetricsLog(Path("/dev/full"))  # every write to /dev/full fails with ENOSPC, as on a full disk
+    with pytest.raises(OSError, match="cannot write /dev/full: No space left on device"):
+        log.write({"step": 1, "loss": float("nan")})
