@@ -8,6 +8,8 @@ import inspect
 import json
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 import minift.training.distributed as dist
 from minift.cli.options import add_options, add_peft_options, add_signature_options, given, peft_config, peft_configs
 from minift.data import ALPACA_FORMAT, OWN_DATA_EXAMPLE, TASKS
@@ -118,13 +120,17 @@ def run_finetune(args) -> None:
     print(f"saved {record['artefact']} ({sum(record['artefact_bytes'].values()):,} bytes) and {config.train.out_dir}/result.json")
 
 
+# The command shows a progress bar (--no-progress hides it); evaluate_task, called from code, does not.
+EVALUATE_DEFAULTS = {"progress": True}
+
+
 def _add_evaluate(sub):
     p = sub.add_parser("evaluate", help="exact-match accuracy (and ROUGE-L) of a model on built-in tasks or your files")
     p.add_argument("checkpoint", nargs="?", help="a checkpoint directory (default: the built-in tiny base model)")
     p.add_argument("--adapter", help="a PEFT adapter directory to apply to the checkpoint")
     p.add_argument("--tasks", nargs="+", default=list(TASKS),
                    help=f"built-in tasks or .jsonl/.json/.csv files to score (default: {' '.join(TASKS)})")
-    add_signature_options(p.add_argument_group("scoring"), evaluate_task, "evaluate")
+    add_signature_options(p.add_argument_group("scoring"), evaluate_task, "evaluate", defaults=EVALUATE_DEFAULTS)
     p.set_defaults(run=run_evaluate)
 
 
@@ -132,7 +138,7 @@ def run_evaluate(args) -> None:
     model, tokenizer = _load(args.checkpoint, args.adapter)
     print(f"{'task':<12}{'shots':>6}{'accuracy':>10}{'chance':>8}{'ROUGE-L':>9}{'context used by shots':>24}")
     for task in args.tasks:
-        r = evaluate_task(model, tokenizer, task, **{"progress": True, **given(args, "evaluate")})  # a bar unless --no-progress
+        r = evaluate_task(model, tokenizer, task, **{**EVALUATE_DEFAULTS, **given(args, "evaluate")})
         rouge = f"{r['rouge_l']:.3f}" if "rouge_l" in r else "-"
         chance = "-" if r["chance_accuracy"] is None else f"{r['chance_accuracy']:.3f}"  # unknown for a file
         print(f"{task:<12}{r['shots']:>6}{r['accuracy']:>10.3f}{chance:>8}{rouge:>9}{r['shot_fraction']:>23.1%}")
@@ -156,6 +162,8 @@ def _add_memory(sub):
     p.add_argument("--predict-only", action="store_true", help="print the prediction from the configuration alone (no step, no workspace probe)")
     p.add_argument("--explain", action="store_true", help="also list every saved tensor the prediction counts")
     p.add_argument("--json", action="store_true", help="print predicted and measured figures as JSON")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="say which measurement runs (they take a minute or two at GPT-2 sizes) (default: True)")
     add_peft_options(p)
     p.set_defaults(run=run_memory)
 
@@ -167,9 +175,14 @@ def run_memory(args) -> None:
                    **given(args, "spec"))
     # several ranks: each measured under torchrun on this machine (minift.memory.ranked)
     measure_run = measure_ranks if spec.ranks > 1 else measure
-    measured = None if args.predict_only else measure_run(spec, tracking_malloc=not args.default_malloc)
     # --predict-only is arithmetic alone; a measured run also measures the BLAS workspace (minift.memory.ledger)
-    prediction = predict(spec, None if args.predict_only else measure_gemm_workspace(spec))
+    with tqdm(total=0 if args.predict_only else 2, disable=not args.progress or args.predict_only, leave=False) as bar:
+        bar.set_description("measuring the step in a fresh process")
+        measured = None if args.predict_only else measure_run(spec, tracking_malloc=not args.default_malloc)
+        bar.update(1)
+        bar.set_description("replaying the head's products for the BLAS workspace")
+        prediction = predict(spec, None if args.predict_only else measure_gemm_workspace(spec))
+        bar.update(1)
     if args.json:
         print(json.dumps({"spec": spec.to_dict(), "predicted": {"sizes": prediction.sizes, "peak": prediction.peak.total,
                           "phases": prediction.phase_peaks(), "moments": [dataclasses.asdict(m) for m in prediction.moments],

@@ -120,15 +120,19 @@ def add_options(group, cls, key: str, defaults=None, skip=(), shown: dict | None
                            **kwargs)
 
 
-def add_signature_options(group, fn, key: str, skip=()) -> None:
-    """Add one flag per keyword parameter of `fn` that has a default; help from its docstring's Args."""
+def add_signature_options(group, fn, key: str, skip=(), defaults: dict | None = None) -> None:
+    """Add one flag per keyword parameter of `fn` that has a default; help from its docstring's Args.
+
+    defaults: the command's own default for some parameters, shown in --help (the command applies them).
+    """
     doc = inspect.getdoc(fn) or ""
     helps = dict(re.findall(r"^\s{4}(\w+): (.+?)(?=\n\s{4}\w+:|\n\n|\Z)", doc, re.S | re.M))
     for name, param in inspect.signature(fn).parameters.items():
         if name in skip or param.default is inspect.Parameter.empty:
             continue
         kwargs = dict(dest=f"{key}.{name}", default=argparse.SUPPRESS,
-                      help=_escape(f"{' '.join(helps.get(name, '').split())} (default: {param.default})"))
+                      help=_escape(f"{' '.join(helps.get(name, '').split())} "
+                                   f"(default: {(defaults or {}).get(name, param.default)})"))
         flag = "--" + name.replace("_", "-")
         if isinstance(param.default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
