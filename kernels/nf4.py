@@ -237,15 +237,16 @@ class NF4LinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, packed, scales, factors, mean, shape, backend):
-        weight = NF4Weight(packed, scales, factors, mean, shape)
-        ctx.weight, ctx.backend = weight, backend
-        return x @ dequantize_nf4(weight, x.dtype, backend).t()  # the dequantised weight dies here
+        ctx.save_for_backward(packed, scales, factors, mean)  # the layer's own buffers: no new memory
+        ctx.shape, ctx.backend = shape, backend
+        return x @ dequantize_nf4(NF4Weight(packed, scales, factors, mean, shape), x.dtype, backend).t()  # W' dies here
 
     @staticmethod
     def backward(ctx, grad_y):
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad_y @ dequantize_nf4(ctx.weight, grad_y.dtype, ctx.backend)  # dL/dx = dL/dy W'
+            weight = NF4Weight(*ctx.saved_tensors, ctx.shape)
+            grad_x = grad_y @ dequantize_nf4(weight, grad_y.dtype, ctx.backend)  # dL/dx = dL/dy W'
         return grad_x, None, None, None, None, None, None
 
 

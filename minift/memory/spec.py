@@ -69,7 +69,7 @@ class RunSpec:
         return DTYPES[self.dtype].itemsize
 
     def describe(self) -> str:
-        method = {"full": "full fine-tuning", "lora": "LoRA", "prompt-tuning": "prompt tuning", "selective": "selective"}[self.method]
+        method = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA (NF4 base)", "prompt-tuning": "prompt tuning", "selective": "selective"}[self.method]
         if isinstance(self.peft, LoraConfig):
             targets = self.peft.targets if isinstance(self.peft.targets, str) else "+".join(self.peft.targets)
             method += f" r={self.peft.rank} on {targets}"

@@ -73,7 +73,7 @@ def test_format_rows_prints_every_method(compared):
 
 def test_unknown_method_is_rejected():
     with pytest.raises(ValueError, match="methods must be some of"):
-        CompareConfig(methods=("full", "qlora"))
+        CompareConfig(methods=("full", "dora"))
 
 
 def test_cli_compare_prints_the_table(tiny_checkpoint, tmp_path, capsys):
