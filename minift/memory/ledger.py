@@ -4,7 +4,10 @@ A training step (minift.training's loop) is: forward, loss, backward, gradient c
 zero_grad(set_to_none=True). What it holds, by category (Hugging Face's "model memory anatomy" uses
 the same split; the byte counts below are ours, checked op by op against PyTorch 2.13 on CPU):
 
-- weights: every parameter, frozen or trainable: numel * itemsize (4 B in fp32, 2 B in bf16).
+- weights: every parameter, frozen or trainable: numel * itemsize (4 B in fp32, 2 B in bf16). QLoRA's
+  NF4 weights are frozen and cost their packed codes, int8 scales, fp32 factors and mean (~4.127 bits
+  per weight, minift.kernels.nf4); each NF4 layer's op dequantises its weight (out * in * s) as a
+  transient, in the forward and again in the backward: the last block's largest is at its moment.
 - gradients: one per trainable parameter, same dtype, alive from its backward to zero_grad.
 - optimizer state: AdamW keeps two moments per trainable parameter (2 * numel * itemsize) and a
   4-byte step counter per tensor; SGD with momentum one buffer. Created by the first step.
@@ -48,6 +51,7 @@ import torch.nn as nn
 
 from minift.memory.activations import Storage, Walk, block_backward_bytes
 from minift.memory.spec import DTYPES, RunSpec, meta_model
+from minift.peft import nf4_layers
 
 # kernels/fused_linear_cross_entropy.py: DEFAULT_CHUNK_BYTES; kernels/fused_cross_entropy.py: _REFERENCE_CHUNK_BYTES
 FUSED_LINEAR_CHUNK_BYTES = 64 * 2**20
@@ -194,6 +198,9 @@ def predict(spec: RunSpec, gemm_workspace: dict[str, int] | None = None) -> Pred
     trainable = [p for p in params if p.requires_grad]
     nbytes = lambda ps: sum(p.numel() * p.element_size() for p in ps)
     w_frozen, w_train = nbytes([p for p in params if not p.requires_grad]), nbytes(trainable)
+    w_frozen += sum(layer.weight.nbytes for layer in nf4_layers(model).values())  # QLoRA's codes and scales
+    # the dequantised weight of an NF4 layer lives for its op; in the last block's backward, the largest one
+    dequantized = max((layer.weight.numel * s for layer in nf4_layers(gpt.transformer.h[-1]).values()), default=0)
     grads = w_train
     if spec.optimizer == "sgd":
         state = w_train  # momentum buffer
@@ -247,8 +254,9 @@ def predict(spec: RunSpec, gemm_workspace: dict[str, int] | None = None) -> Pred
                "d(logits) and d(hidden rows) in the head's backward"),
         Moment("backward: last block", "backward",
                {**fixed, "activations": activations, "gradients": head_grad + ln_f_grads + last_block_grads,
-                "transient": recompute + block_work[-1] + dx},
-               ("the recomputed block's saved tensors and " if recompute else "") + "the block's backward working set"),
+                "transient": recompute + block_work[-1] + dx + dequantized},
+               ("the recomputed block's saved tensors and " if recompute else "") + "the block's backward working set"
+               + (" and a dequantised NF4 weight" if dequantized else "")),
         Moment("backward: embeddings", "backward", {**fixed, "gradients": grads, "transient": embedding_grad + dx},
                "the embedding lookup's dense gradient (V, C) and d(embeddings)" if embedding_grad else "d(embeddings)"),
         Moment("optimizer step", "optimizer", {**fixed, "gradients": grads, "transient": optimizer_temp}, optimizer_label),
