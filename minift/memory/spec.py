@@ -29,7 +29,7 @@ class RunSpec:
 
     model: GPTConfig
     peft: PeftConfig | None = None  # None: full fine-tuning
-    optimizer: str = "adamw"  # "adamw" (torch.optim.AdamW) | "fused-adamw" (kernels.FusedAdamW) | "sgd"
+    optimizer: str = "adamw"  # "adamw" (torch.optim.AdamW) | "fused-adamw" (kernels.FusedAdamW) | "adamw8bit" | "sgd"
     loss: str = "torch"  # "torch" | "fused" | "fused-linear", as minift.training.CompletionLoss
     dtype: str = "float32"  # the model's parameters and activations; no autocast
     batch_size: int = 4
