@@ -143,17 +143,16 @@ def _train(model, opt, steps):
 
 @pytest.mark.slow
 def test_trains_like_adamw():
-    """40 steps of full-batch training: the curve follows torch.optim.AdamW's and ends at the same loss.
-    Tolerance: the moments carry a relative error of at most 0.7% (m: half a top-level gap, 0.9 / 64 / 2)
-    and 0.35% (v) of their block's absmax per step; the update m / sqrt(v) then differs by ~1% where
-    the moments are large and more for small moments, where the map is coarser relative to the
-    value. 5% on the loss leaves room for that over 40 steps and is far below what a wrong update
-    (a missing bias correction, m for v) does: those change the loss by more than 20%."""
+    """40 steps of full-batch training on the PyTorch reference (the kernel equals it, above): the curve
+    follows torch.optim.AdamW's and ends at the same loss. Tolerance: the stored moments carry at most
+    0.7% (m: half a top-level gap, 0.9 / 64 / 2) and 0.35% (v) of their block's absmax of error per
+    step, and AdamW's normalised update does not amplify it: the curves differ by 0.43% at most here
+    (measured). 2% is well below what a wrong moment does: AdamW without momentum (beta1 = 0) is 31% off."""
     ref_model, model = _mlp(), _mlp()
     ref = _train(ref_model, torch.optim.AdamW(ref_model.parameters(), lr=1e-2), 40)
-    ours = _train(model, AdamW8bit(model.parameters(), lr=1e-2), 40)
+    ours = _train(model, AdamW8bit(model.parameters(), lr=1e-2, backend="torch"), 40)
     assert ref[-1] < 0.5 * ref[0]  # it trains
-    torch.testing.assert_close(ours, ref, rtol=0.05, atol=0)
+    torch.testing.assert_close(ours, ref, rtol=0.02, atol=0)
 
 
 def _round_trip(state_dict):
@@ -168,11 +167,11 @@ def test_state_dict_round_trip_resumes_exactly(dtype):
     """5 steps, state_dict through bytes into a new optimizer, 5 more == 10 straight steps, bit for bit;
     the codes stay uint8 and the absmaxes fp32 (torch would cast them to the parameter's dtype)."""
     straight, resumed = _params([(BLOCK + 1,), (7,)], dtype), _params([(BLOCK + 1,), (7,)], dtype)
-    opt = AdamW8bit(straight, lr=1e-2)
-    first = AdamW8bit(resumed, lr=1e-2)
+    opt = AdamW8bit(straight, lr=1e-2, backend="torch")  # the kernel equals the reference (above)
+    first = AdamW8bit(resumed, lr=1e-2, backend="torch")
     for step in range(10):
         if step == 5:
-            second = AdamW8bit(resumed, lr=1e-2)
+            second = AdamW8bit(resumed, lr=1e-2, backend="torch")
             second.load_state_dict(_round_trip(first.state_dict()))
             first = second
         _set_grads([straight, resumed], step)
@@ -187,7 +186,7 @@ def test_state_dict_round_trip_resumes_exactly(dtype):
 
 def test_state_is_two_bytes_per_parameter():
     params = _params([(BLOCK * 3 + 5,), (31, 123)])
-    opt = AdamW8bit(params)
+    opt = AdamW8bit(params, backend="torch")
     _set_grads([params], 0)
     opt.step()
     for p in params:
