@@ -10,7 +10,8 @@ the same split; the byte counts below are ours, checked op by op against PyTorch
   transient, in the forward and again in the backward: the last block's largest is at its moment.
 - gradients: one per trainable parameter, same dtype, alive from its backward to zero_grad.
 - optimizer state: AdamW keeps two moments per trainable parameter (2 * numel * itemsize) and a
-  4-byte step counter per tensor; SGD with momentum one buffer. Created by the first step.
+  4-byte step counter per tensor; 8-bit AdamW (minift.kernels.adamw8bit) two 1-byte codes per
+  parameter and two fp32 absmaxes per block of 2048; SGD with momentum one buffer. Created by the first step.
 - activations: the tensors autograd saves in the forward pass for the backward pass. They are
   counted per op (`minift.memory.activations`) and checked exactly against `torch.autograd.graph.saved_tensors_hooks`.
 - logits and loss buffers: what the loss holds from forward to backward, and its peak on the way.
@@ -49,6 +50,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+import minift.kernels.adamw8bit as adamw8bit
 from minift.memory.activations import Storage, Walk, block_backward_bytes
 from minift.memory.spec import DTYPES, RunSpec, meta_model
 from minift.peft import nf4_layers
@@ -204,6 +206,8 @@ def predict(spec: RunSpec, gemm_workspace: dict[str, int] | None = None) -> Pred
     grads = w_train
     if spec.optimizer == "sgd":
         state = w_train  # momentum buffer
+    elif spec.optimizer == "adamw8bit":
+        state = sum(adamw8bit.state_nbytes(p.numel()) for p in trainable)  # 2 B + 8 B / 2048 per parameter
     else:
         state = 2 * w_train + 4 * len(trainable)  # exp_avg, exp_avg_sq; a 0-dim fp32 step per tensor
     optimizer_temp, optimizer_label = _optimizer_temporaries(spec, trainable)
@@ -319,6 +323,14 @@ def _optimizer_temporaries(spec: RunSpec, trainable: list[torch.Tensor]) -> tupl
         if on_cuda:
             return max(sum(p.numel() for p in g) for g in groups) * s, "AdamW's foreach sqrt(v) over a parameter group"
         return 2 * numel(trainable) * s, "AdamW's sqrt(v) temporaries (2 x the largest trainable tensor)"
+    if spec.optimizer == "adamw8bit":
+        if on_cuda:
+            return 0, "none (the Triton kernel dequantises, updates and requantises in place)"
+        # the reference works one chunk of blocks at a time (kernels/adamw8bit.py); per element of the chunk
+        # it holds fp32 p, g, m, v (16 B) and, at its worst line, three more 4-byte temporaries (the
+        # update's denominator chain) or a 4-byte scaled copy and the int64 bucketize index: 28 B
+        chunk = min(-(-numel(trainable) // adamw8bit.BLOCK) * adamw8bit.BLOCK, adamw8bit.REFERENCE_CHUNK)
+        return 28 * chunk, "AdamW8bit reference's fp32 working copies of one chunk of blocks"
     if spec.optimizer == "fused-adamw":
         if on_cuda:
             return 0, "none (the Triton kernel updates p, m, v in place)"

@@ -90,7 +90,8 @@ def measure_categories(parts: StepParts) -> dict[str, int]:
     state = storage_bytes(optimizer_state_tensors(parts.optimizer))
     parts.optimizer.zero_grad(set_to_none=True)
     return dict(
-        weights_frozen=storage_bytes(p for p in params if not p.requires_grad),
+        # frozen: parameters and buffers (QLoRA's NF4 codes and scales are buffers)
+        weights_frozen=storage_bytes([*(p for p in params if not p.requires_grad), *parts.model.buffers()]),
         weights_trainable=storage_bytes(p for p in params if p.requires_grad),
         gradients=gradients, optimizer_state=state, activations=saved["activations"], loss=saved["loss"],
     )
