@@ -288,7 +288,7 @@ def predict(spec: RunSpec, gemm_workspace: dict[str, int] | None = None) -> Pred
     prediction = Prediction(
         spec=spec,
         trainable_params=sum(p.numel() for p in trainable),
-        total_params=sum(p.numel() for p in params),
+        total_params=sum(p.numel() for p in params) + sum(layer.weight.numel for layer in nf4_layers(model).values()),
         sizes=dict(weights_frozen=w_frozen, weights_trainable=w_train, gradients=grads, optimizer_state=state,
                    activations=activations, loss=held, workspace=0, transient=0),
         activation_terms=[(label, t.nbytes) for t, label in walk.saved.items()],

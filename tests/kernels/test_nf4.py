@@ -154,3 +154,22 @@ def test_matches_torchao_nf4tensor():
     back, their_back = dequantize_nf4(ours, backend="torch").flatten(), theirs.get_original_weight().flatten()
     scale = back.reshape(-1, BLOCK).abs().amax(1).repeat_interleave(BLOCK)
     assert ((back - their_back).abs()[~differ] <= rounding * scale[~differ] + 1e-9).all()
+
+
+def test_matches_bitsandbytes_nf4():
+    """bitsandbytes (the test extra's second peer, 0.50 runs its 4-bit ops on CPU) quantises the same
+    way: its NF4 table equals ours to fp32 rounding, the code indices and their packing (first element in
+    the high nibble) are identical. Its double quantisation differs (an 8-bit dynamic map over the
+    centred scales, ours linear int8 as torchao), so the dequantised weights differ by at most the two
+    scale errors: ours <= absmax_g / 128 (test_round_trip...), its <= 0.00703 absmax_g (the largest
+    half-gap of the signed dynamic map), over |code| <= 1."""
+    functional = pytest.importorskip("bitsandbytes.functional")
+    w = _weight((512, 256)).cpu()
+    packed, state = functional.quantize_4bit(w, blocksize=BLOCK, quant_type="nf4", compress_statistics=True)
+    ours = quantize_nf4(w)
+    torch.testing.assert_close(state.code.float(), NF4_CODES, rtol=0, atol=3e-7)
+    assert torch.equal(packed.flatten(), ours.packed)
+    absmax = w.reshape(-1, BLOCK).abs().amax(1)
+    group = (absmax - absmax.mean()).abs().max()
+    difference = (functional.dequantize_4bit(packed, state) - dequantize_nf4(ours)).abs()
+    assert (difference <= group * (1 / 128 + 0.00703) + 1e-7).all()
