@@ -160,8 +160,12 @@ def configs(sizes: list[str], quick: bool, device: str) -> list[Config]:
             out.append(Config("full, variants", "full, torch loss", run(loss="torch"), peer=False))
         out.append(Config("full (fused AdamW + fused-linear CE)", "full, fused", run(optimizer="fused-adamw", loss="fused-linear"),
                           peer=False))
+        # quantised: the moments in 8 bits (Dettmers et al. 2022), the frozen base in NF4 (QLoRA); without a
+        # peer row (the peer's step is transformers + peft, which quantise through bitsandbytes)
+        out.append(Config("full + 8-bit AdamW", "full, adamw8bit", run(optimizer="adamw8bit"), peer=False))
         for r in c_attn:
             out.append(Config("LoRA c_attn", f"LoRA r={r} c_attn", run(LoraConfig(rank=r)), default_allocator=key and r == 8))
+        out.append(Config("QLoRA c_attn", "QLoRA r=8 c_attn", run(LoraConfig(rank=8, quantize="nf4")), peer=False))
         for r in all_linear:
             out.append(Config("LoRA all-linear", f"LoRA r={r} all-linear", run(LoraConfig(rank=r, targets="all-linear"))))
         if not medium:

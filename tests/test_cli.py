@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import functools
 import inspect
+import json
 import subprocess
 import sys
 
@@ -32,14 +33,18 @@ def test_generate_formats_the_prompt_and_decodes_greedily(tiny_checkpoint, capsy
     assert capsys.readouterr().out == expected + "\n"
 
 
-def test_finetune_then_evaluate_the_adapter(tiny_checkpoint, tmp_path, capsys):
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_finetune_then_evaluate_the_adapter(tiny_checkpoint, tmp_path, capsys, method):
     out = tmp_path / "run"
-    code = main(["finetune", "--task", "reviews", "--method", "lora", "--rank", "2", "--base", str(tiny_checkpoint),
+    code = main(["finetune", "--task", "reviews", "--method", method, "--rank", "2", "--base", str(tiny_checkpoint),
                  "--n-train", "16", "--n-val", "8", "--n-test", "8", "--steps", "2", "--batch-size", "8",
                  "--eval-every", "2", "--out", str(out), "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "reviews / lora: trainable params: 512 || all params:" in printed  # 2 layers x r 2 x (32 + 96)
+    assert f"reviews / {method}: trainable params: 512 || all params:" in printed  # 2 layers x r 2 x (32 + 96)
+    record = json.loads((out / "result.json").read_text())
+    assert record["config"]["peft"]["quantize"] == (None if method == "lora" else "nf4")
+    assert (record["base_bits_per_parameter"] is None) == (method == "lora")
     assert "test accuracy" in printed and (out / "adapter" / "adapter_model.safetensors").is_file()
     assert main(["evaluate", str(tiny_checkpoint), "--adapter", str(out / "adapter"), "--tasks", "reviews", "--n", "8"]) == 0
     table = capsys.readouterr().out.splitlines()
@@ -80,6 +85,8 @@ def test_no_options_build_the_python_defaults():
     assert finetune_config(parse(["finetune"])) == FinetuneConfig()
     assert finetune_config(parse(["finetune", "--method", "lora"])) == FinetuneConfig(method="lora")
     assert finetune_config(parse(["finetune", "--method", "lora"])).train.lr == DEFAULT_LR["lora"]
+    # qlora shares LoRA's flags; the method quantises the base
+    assert finetune_config(parse(["finetune", "--method", "qlora", "--rank", "2"])).peft == LoraConfig(rank=2, quantize="nf4")
 
 
 def test_every_field_is_an_option_and_reaches_the_config():

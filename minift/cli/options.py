@@ -18,7 +18,7 @@ import typing
 
 from minift.data import TRUNCATIONS
 from minift.memory import DTYPES, PRECISIONS, RunSpec
-from minift.peft import METHODS, PEFT_CONFIGS, PROMPT_INITS, LoraConfig, PromptTuningConfig, SelectiveConfig
+from minift.peft import METHODS, PEFT_CONFIGS, PROMPT_INITS, LoraConfig, PromptTuningConfig, SelectiveConfig, check_method
 from minift.training import LOSSES, NONFINITE, OPTIMIZERS, SELECTIONS, STRATEGIES, TrainConfig
 
 # The one list of every choice, by field name: flags with these names accept only these values.
@@ -153,20 +153,28 @@ def given(args: argparse.Namespace, key: str) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in found.items()}
 
 
+def _option_key(method: str) -> str:
+    """The key a method's flags are stored under: the first method of its dataclass (qlora's is lora's)."""
+    return next(m for m, cls in PEFT_CONFIGS.items() if cls is PEFT_CONFIGS[method])
+
+
 def add_peft_options(p) -> None:
-    """One option group per PEFT method, each flag under that method's key."""
-    for method, cls in PEFT_CONFIGS.items():
-        add_options(p.add_argument_group(f"{method} (with --method {method})"), cls, method, skip=PEFT_OPTION_SKIP.get(cls, ()))
+    """One option group per PEFT dataclass, each flag under its first method's key (LoRA's serve QLoRA too)."""
+    for key in dict.fromkeys(map(_option_key, PEFT_CONFIGS)):
+        cls = PEFT_CONFIGS[key]
+        methods = " or ".join(f"--method {m}" for m in PEFT_CONFIGS if _option_key(m) == key)
+        add_options(p.add_argument_group(f"{key} (with {methods})"), cls, key, skip=PEFT_OPTION_SKIP.get(cls, ()))
 
 
 def peft_configs(args) -> dict:
     """Each PEFT method's configuration: its dataclass with the options given for it."""
-    return {method: cls(**given(args, method)) for method, cls in PEFT_CONFIGS.items()}
+    return {method: check_method(method, cls(**given(args, _option_key(method)))) for method, cls in PEFT_CONFIGS.items()}
 
 
 def peft_config(args, method: str):
     """The configuration of the chosen method; options given for another method are an error."""
-    stray = [m for m in PEFT_CONFIGS if m != method and given(args, m)]
+    own = _option_key(method) if method in PEFT_CONFIGS else None
+    stray = [m for m in PEFT_CONFIGS if _option_key(m) == m and m != own and given(args, m)]
     if stray:
         raise ValueError(f"options {sorted(given(args, stray[0]))} are for --method {stray[0]}, not {method}")
     return peft_configs(args)[method] if method in PEFT_CONFIGS else None

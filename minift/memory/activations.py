@@ -5,7 +5,8 @@ What autograd saves, op by op (CPU, dropout 0; `Walk` below applies these rules)
 - LayerNorm: its input, and mean and rstd (B, T, 1 each, in the input's dtype on CPU), whenever its
   output needs a gradient (the input does, or its own weight or bias trains).
 - Linear: its input only if its *weight* trains (the weight gradient is grad^T @ input); a frozen
-  weight needs nothing saved for the input gradient but the weight itself, a parameter. A LoRA branch
+  weight needs nothing saved for the input gradient but the weight itself, a parameter (an NF4 weight,
+  QLoRA, saves its own packed buffers and is dequantised again in the backward). A LoRA branch
   saves the input again for A (the same storage) and the (B, T, r) bottleneck for B.
 - scaled_dot_product_attention (CPU flash kernel, is_causal): q, k, v (views of c_attn's output,
   one 3 C storage), the output (B, T, C: c_proj's input is the same storage) and the logsumexp
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from minift.peft import LoRALinear
+from minift.peft import LoRALinear, NF4Linear
 
 
 @dataclass(eq=False)  # identity matters: two saves of one storage count once
@@ -66,9 +67,10 @@ class Walk:
 
     def linear(self, x: Storage, module: nn.Module, rows: int, label: str) -> Storage:
         base = module.base if isinstance(module, LoRALinear) else module
-        if base.weight.requires_grad:
+        weight_trains = not isinstance(base, NF4Linear) and base.weight.requires_grad  # an NF4 weight is frozen
+        if weight_trains:
             self.save(x, f"{label} input")  # for the weight gradient: grad^T @ x
-        trains = base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad)
+        trains = weight_trains or (base.bias is not None and base.bias.requires_grad)
         y = Storage(rows * base.out_features * self.s, x.grad or trains)
         if isinstance(module, LoRALinear) and module.active in module.specs and not module.disabled:
             A, B = module.lora_A[module.active], module.lora_B[module.active]

@@ -4,10 +4,14 @@ A training step (minift.training's loop) is: forward, loss, backward, gradient c
 zero_grad(set_to_none=True). What it holds, by category (Hugging Face's "model memory anatomy" uses
 the same split; the byte counts below are ours, checked op by op against PyTorch 2.13 on CPU):
 
-- weights: every parameter, frozen or trainable: numel * itemsize (4 B in fp32, 2 B in bf16).
+- weights: every parameter, frozen or trainable: numel * itemsize (4 B in fp32, 2 B in bf16). QLoRA's
+  NF4 weights are frozen and cost their packed codes, int8 scales, fp32 factors and mean (~4.127 bits
+  per weight, minift.kernels.nf4); each NF4 layer's op dequantises its weight (out * in * s) as a
+  transient, in the forward and again in the backward: the last block's largest is at its moment.
 - gradients: one per trainable parameter, same dtype, alive from its backward to zero_grad.
 - optimizer state: AdamW keeps two moments per trainable parameter (2 * numel * itemsize) and a
-  4-byte step counter per tensor; SGD with momentum one buffer. Created by the first step.
+  4-byte step counter per tensor; 8-bit AdamW (minift.kernels.adamw8bit) two 1-byte codes per
+  parameter and two fp32 absmaxes per block of 2048; SGD with momentum one buffer. Created by the first step.
 - activations: the tensors autograd saves in the forward pass for the backward pass. They are
   counted per op (`minift.memory.activations`) and checked exactly against `torch.autograd.graph.saved_tensors_hooks`.
 - logits and loss buffers: what the loss holds from forward to backward, and its peak on the way.
@@ -51,11 +55,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+import minift.kernels.adamw8bit as adamw8bit
 from minift.kernels.fused_cross_entropy import REFERENCE_CHUNK_BYTES
 from minift.kernels.fused_linear_cross_entropy import chunk_rows
 from minift.memory.activations import Storage, Walk, block_backward_bytes
 from minift.memory.ranks import rank_state
 from minift.memory.spec import DTYPES, RunSpec, meta_model
+from minift.peft import nf4_layers
 
 CATEGORIES = ("weights_frozen", "weights_trainable", "gradients", "optimizer_state", "activations", "loss",
               "communication", "workspace", "transient")
@@ -201,6 +207,8 @@ def predict(spec: RunSpec, gemm_workspace: dict[str, int] | None = None) -> Pred
     rank = rank_state(spec, model, gpt)  # one rank's share under spec.strategy (minift.memory.ranks)
     nbytes = rank.grad_bytes  # the gradients of some parameters, as this rank holds them
     grads = nbytes(trainable)
+    # the dequantised weight of an NF4 layer lives for its op; in the last block's backward, the largest one
+    dequantized = max((layer.weight.numel * s for layer in nf4_layers(gpt.transformer.h[-1]).values()), default=0)
     optimizer_temp, optimizer_label = _optimizer_temporaries(spec, trainable, rank.optimizer_numel)
 
     # ---- forward: what autograd saves
@@ -250,8 +258,9 @@ def predict(spec: RunSpec, gemm_workspace: dict[str, int] | None = None) -> Pred
                "d(logits) and d(hidden rows) in the head's backward"),
         Moment("backward: last block", "backward",
                {**fixed_now("backward"), "activations": activations, "gradients": head_grad + ln_f_grads + last_block_grads,
-                "transient": recompute + block_work[-1] + dx},
-               ("the recomputed block's saved tensors and " if recompute else "") + "the block's backward working set"),
+                "transient": recompute + block_work[-1] + dx + dequantized},
+               ("the recomputed block's saved tensors and " if recompute else "") + "the block's backward working set"
+               + (" and a dequantised NF4 weight" if dequantized else "")),
         Moment("backward: embeddings", "backward", {**fixed_now("backward"), "gradients": grads, "transient": embedding_grad + dx},
                "the embedding lookup's dense gradient (V, C) and d(embeddings)" if embedding_grad else "d(embeddings)"),
         Moment("optimizer step", "optimizer",
@@ -282,7 +291,7 @@ def predict(spec: RunSpec, gemm_workspace: dict[str, int] | None = None) -> Pred
     prediction = Prediction(
         spec=spec,
         trainable_params=sum(p.numel() for p in trainable),
-        total_params=sum(p.numel() for p in params),
+        total_params=sum(p.numel() for p in params) + sum(layer.weight.numel for layer in nf4_layers(model).values()),
         sizes=dict(weights_frozen=rank.weights[0], weights_trainable=rank.weights[1], gradients=grads,
                    optimizer_state=rank.optimizer_state, activations=activations, loss=held,
                    communication=max(rank.communication.values()), workspace=0, transient=0),
@@ -321,6 +330,14 @@ def _optimizer_temporaries(spec: RunSpec, trainable: list[torch.Tensor], numel_o
         if on_cuda:
             return max(sum(numel_of(p) for p in g) for g in groups) * s, "AdamW's foreach sqrt(v) over a parameter group"
         return 2 * numel(trainable) * s, "AdamW's sqrt(v) temporaries (2 x the largest trainable tensor)"
+    if spec.optimizer == "adamw8bit":
+        if on_cuda:
+            return 0, "none (the Triton kernel dequantises, updates and requantises in place)"
+        # the reference works one chunk of blocks at a time (kernels/adamw8bit.py); per element of the chunk
+        # it holds fp32 p, g, m, v (16 B) and, at its worst line, three more 4-byte temporaries (the
+        # update's denominator chain) or a 4-byte scaled copy and the int64 bucketize index: 28 B
+        chunk = min(-(-numel(trainable) // adamw8bit.BLOCK) * adamw8bit.BLOCK, adamw8bit.REFERENCE_CHUNK)
+        return 28 * chunk, "AdamW8bit reference's fp32 working copies of one chunk of blocks"
     if spec.optimizer == "fused-adamw":
         if on_cuda:
             return 0, "none (the Triton kernel updates p, m, v in place)"

@@ -35,7 +35,9 @@ from typing import Callable
 
 import torch.nn as nn
 
+import minift.kernels.adamw8bit as adamw8bit
 from minift.memory.spec import RunSpec
+from minift.peft import nf4_layers
 from minift.training import STRATEGIES, shard_numel
 
 
@@ -73,8 +75,12 @@ def rank_state(spec: RunSpec, model: nn.Module, gpt: nn.Module) -> RankState:
     optimizer_numel = lambda p: shard_numel(p.shape, N) if plan.optimizer_state and N > 1 else p.numel()
     steps = 0 if spec.optimizer == "sgd" else 4 * len(trainable)  # AdamW's 0-dim fp32 step per tensor
     optimizer_state = sum(optimizer_numel(p) for p in trainable) * per_element + steps
+    if spec.optimizer == "adamw8bit":  # two 1-byte codes per element and fp32 absmaxes per block (kernels/adamw8bit.py)
+        optimizer_state = sum(adamw8bit.state_nbytes(optimizer_numel(p)) for p in trainable)
 
-    weights = (held(frozen, plan.parameters), held(trainable, plan.parameters))
+    # QLoRA's NF4 codes and scales are buffers, not parameters: every rank holds them whole
+    nf4 = sum(layer.weight.nbytes for layer in nf4_layers(model).values())
+    weights = (held(frozen, plan.parameters) + nf4, held(trainable, plan.parameters))
     shards = (held(frozen, True), held(trainable, True))
     comm = {"forward": 0, "backward": 0, "optimizer": 0}
     if N > 1 and not plan.fsdp:
@@ -88,5 +94,6 @@ def rank_state(spec: RunSpec, model: nn.Module, gpt: nn.Module) -> RankState:
         else:
             gathered = sum(shards)  # the shards the whole weights were gathered from
         comm = {"forward": gathered, "backward": gathered + reduce_scatter, "optimizer": 0}
-    return RankState(weights, shards if N > 1 and plan.fsdp else weights, optimizer_state, comm,
+    resharded = (shards[0] + nf4, shards[1])
+    return RankState(weights, resharded if N > 1 and plan.fsdp else weights, optimizer_state, comm,
                      grad_bytes=lambda ps: held(ps, plan.gradients), optimizer_numel=optimizer_numel)

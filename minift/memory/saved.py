@@ -45,7 +45,7 @@ class SavedTensorMeter:
     """Counts the bytes autograd saves for backward in a forward pass, by phase, exactly.
 
     Use as a context manager around the forward pass; then `alive()` gives, for each phase, the bytes
-    of the unique storages that were saved in that phase and are still alive, parameters excluded.
+    of the unique storages that were saved in that phase and are still alive, parameters and buffers excluded.
     The phase starts as "activations" and becomes "loss" when `boundary` (the final LayerNorm) has
     run. The pack hook returns the tensor itself, so nothing about the run changes; it only keeps a
     weak reference. (A storage that an op saves but whose graph is dropped at once, such as the input
@@ -53,7 +53,7 @@ class SavedTensorMeter:
     """
 
     def __init__(self, model: nn.Module, boundary: str = "ln_f"):
-        self.exclude = storage_ptrs(model.parameters())
+        self.exclude = storage_ptrs([*model.parameters(), *model.buffers()])  # QLoRA's NF4 layers save their buffers
         self.phase = "activations"
         self.records: list[tuple[str, weakref.ref]] = []
         modules = [m for name, m in model.named_modules() if name.split(".")[-1] == boundary]

@@ -32,7 +32,7 @@ class RunSpec:
 
     model: GPTConfig
     peft: PeftConfig | None = None  # None: full fine-tuning
-    optimizer: str = "adamw"  # "adamw" (torch.optim.AdamW) | "fused-adamw" (kernels.FusedAdamW) | "sgd"
+    optimizer: str = "adamw"  # "adamw" (torch.optim.AdamW) | "fused-adamw" (kernels.FusedAdamW) | "adamw8bit" | "sgd"
     loss: str = "torch"  # "torch" | "fused" | "fused-linear", as minift.training.CompletionLoss
     dtype: str = "float32"  # the model's parameters and activations; no autocast
     batch_size: int = 4
@@ -80,7 +80,7 @@ class RunSpec:
         return DTYPES[self.dtype].itemsize
 
     def describe(self) -> str:
-        method = {"full": "full fine-tuning", "lora": "LoRA", "prompt-tuning": "prompt tuning", "selective": "selective"}[self.method]
+        method = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA (NF4 base)", "prompt-tuning": "prompt tuning", "selective": "selective"}[self.method]
         if isinstance(self.peft, LoraConfig):
             targets = self.peft.targets if isinstance(self.peft.targets, str) else "+".join(self.peft.targets)
             method += f" r={self.peft.rank} on {targets}"

@@ -22,7 +22,7 @@ from minift.memory.probes import PeakProbe, _trim_heap, measure_with
 from minift.memory.saved import SavedTensorMeter, function_held_tensors, optimizer_state_tensors, storage_bytes, storage_ptrs
 from minift.memory.spec import DTYPES, RunSpec
 from minift.model import GPT, load_gpt2
-from minift.peft import apply_peft
+from minift.peft import apply_peft, nf4_layers
 from minift.training import CompletionLoss, TrainConfig, build_optimizer, parallelize
 
 
@@ -90,7 +90,8 @@ def measure_categories(parts: StepParts) -> dict[str, int]:
     state = storage_bytes(optimizer_state_tensors(parts.optimizer))
     parts.optimizer.zero_grad(set_to_none=True)
     return dict(
-        weights_frozen=storage_bytes(p for p in params if not p.requires_grad),
+        # frozen: parameters and buffers (QLoRA's NF4 codes and scales are buffers)
+        weights_frozen=storage_bytes([*(p for p in params if not p.requires_grad), *parts.model.buffers()]),
         weights_trainable=storage_bytes(p for p in params if p.requires_grad),
         gradients=gradients, optimizer_state=state, activations=saved["activations"], loss=saved["loss"],
     )
@@ -133,7 +134,7 @@ def measure_step(build: Callable[[bool], StepParts], device: str = "cpu", steps:
     params = list(parts.model.parameters())
     return dict(device=str(device), built=built, after_steps=after, phases=phases, peak=max(phases.values()), steps=per_step,
                 categories=counted, trainable_params=sum(p.numel() for p in params if p.requires_grad),
-                total_params=sum(p.numel() for p in params))
+                total_params=sum(p.numel() for p in params) + sum(m.weight.numel for m in nf4_layers(parts.model).values()))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Parameter-efficient fine-tuning, written from scratch: LoRA, selective fine-tuning, prompt tuning,
+"""Parameter-efficient fine-tuning, written from scratch: LoRA, QLoRA, selective fine-tuning, prompt tuning,
 and their files in PEFT's format.
 
     model = apply_peft(model, LoraConfig(rank=8))          # or PromptTuningConfig(), SelectiveConfig()
@@ -12,6 +12,7 @@ from minift.peft.config import (
     METHODS,
     PEFT_CONFIGS,
     PROMPT_INITS,
+    QUANTIZATIONS,
     LoraConfig,
     PeftConfig,
     PromptTuningConfig,
@@ -36,6 +37,7 @@ from minift.peft.lora import (
     unload,
     unmerge_adapter,
 )
+from minift.peft.qlora import NF4Linear, dequantize_base, nf4_layers, quantize_base, quantized_bits
 from minift.peft.selective import apply_selective, selected_parameters
 from minift.peft.prompt_tuning import PromptTuningModel
 from minift.peft.methods import apply_peft, format_trainable_parameters, trainable_parameters
@@ -54,11 +56,11 @@ from minift.peft.files import (
 )
 
 __all__ = [
-    "ALL_LINEAR", "METHODS", "PEFT_CONFIGS", "PROMPT_INITS",
-    "LoRALinear", "LoraConfig", "PeftConfig", "PromptTuningConfig", "PromptTuningModel", "SelectiveConfig",
+    "ALL_LINEAR", "METHODS", "PEFT_CONFIGS", "PROMPT_INITS", "QUANTIZATIONS",
+    "LoRALinear", "LoraConfig", "NF4Linear", "PeftConfig", "PromptTuningConfig", "PromptTuningModel", "SelectiveConfig",
     "active_adapter", "adapter_names", "apply_lora", "apply_peft", "apply_selective", "check_method",
-    "delete_adapter", "disable_adapters", "format_trainable_parameters", "load_adapter", "load_prompt",
+    "delete_adapter", "dequantize_base", "disable_adapters", "format_trainable_parameters", "load_adapter", "load_prompt",
     "load_selected", "load_trainable", "lora_layers", "match_targets", "merge_adapter", "merge_and_unload",
-    "method_of", "save_adapter", "save_prompt", "save_selected", "save_trainable", "saved_sizes",
+    "method_of", "nf4_layers", "quantize_base", "quantized_bits", "save_adapter", "save_prompt", "save_selected", "save_trainable", "saved_sizes",
     "selected_parameters", "set_adapter", "trainable_parameters", "unload", "unmerge_adapter",
 ]

@@ -7,17 +7,24 @@ and the defaults below are the only defaults.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
-METHODS = ("full", "lora", "prompt-tuning", "selective")
+METHODS = ("full", "lora", "qlora", "prompt-tuning", "selective")
 ALL_LINEAR = "all-linear"  # LoRA on every linear layer except the output head (PEFT's name)
 PROMPT_INITS = ("vocab", "text", "random")  # how a soft prompt starts (PromptTuningConfig.init)
+QUANTIZATIONS = ("nf4",)  # how QLoRA stores the frozen base (LoraConfig.quantize; minift.kernels.nf4)
 
 
 @dataclass(frozen=True)
 class LoraConfig:
-    """One LoRA adapter: its rank, scaling, the layers it adapts and its name (the same in every layer)."""
+    """One LoRA adapter: its rank, scaling, the layers it adapts and its name (the same in every layer).
+
+    `quantize` is QLoRA's one knob (Dettmers et al. 2023): None keeps the frozen base as it is (LoRA),
+    "nf4" stores the base's block linear layers in 4-bit NormalFloat with double-quantised scales
+    (blocks of 64 and 256, the paper's). The method "qlora" is a LoraConfig with quantize="nf4".
+    """
 
     rank: int = 8  # Hu et al. 2021, table 6: r as low as 1-8 on W_q, W_v already matches r = 64
     alpha: float = 16.0  # scaling alpha / rank = 2; keeping alpha fixed lets r change without retuning the lr
@@ -25,6 +32,7 @@ class LoraConfig:
     dropout: float = 0.0  # dropout on the adapter branch's input
     rslora: bool = False  # scale by alpha / sqrt(rank) (Kalajdzievski 2023)
     adapter_name: str = "default"  # the name to switch to, save and delete the adapter by
+    quantize: str | None = None  # the frozen base's storage: None (LoRA) or nf4 (QLoRA); --method qlora sets nf4
 
     def __post_init__(self):
         if not (isinstance(self.rank, int) and self.rank > 0):
@@ -33,6 +41,8 @@ class LoraConfig:
             raise ValueError(f"LoRA alpha must be positive, got {self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
+        if self.quantize not in (None, *QUANTIZATIONS):
+            raise ValueError(f"LoRA quantize must be None or one of {QUANTIZATIONS}, got {self.quantize!r}")
         if not isinstance(self.targets, str):  # a list (JSON, the command line) becomes a hashable tuple
             targets = tuple(self.targets)
             object.__setattr__(self, "targets", ALL_LINEAR if targets == (ALL_LINEAR,) else targets)
@@ -66,7 +76,8 @@ class SelectiveConfig:
     train: str = "last-2-blocks"  # last-K-blocks, bias (BitFit), layernorm, or several joined by + (bias+layernorm)
 
 
-PEFT_CONFIGS = {"lora": LoraConfig, "prompt-tuning": PromptTuningConfig, "selective": SelectiveConfig}
+# "lora" and "qlora" share LoraConfig (QLoRA is LoRA over a quantised base): one set of LoRA options
+PEFT_CONFIGS = {"lora": LoraConfig, "qlora": LoraConfig, "prompt-tuning": PromptTuningConfig, "selective": SelectiveConfig}
 PeftConfig = LoraConfig | PromptTuningConfig | SelectiveConfig
 
 
@@ -74,6 +85,8 @@ def method_of(config: PeftConfig | None) -> str:
     """The method a PEFT configuration describes ("full" for None)."""
     if config is None:
         return "full"
+    if isinstance(config, LoraConfig):
+        return "lora" if config.quantize is None else "qlora"
     for method, cls in PEFT_CONFIGS.items():
         if isinstance(config, cls):
             return method
@@ -82,6 +95,9 @@ def method_of(config: PeftConfig | None) -> str:
 
 def check_method(method: str, config: PeftConfig | None) -> PeftConfig | None:
     """The configuration of `method`: `config` if it is of the method's kind, the defaults if None.
+
+    For "qlora" a LoraConfig without `quantize` gets quantize="nf4" (the method says the base is
+    quantised; the LoRA fields are kept); for "lora" a quantised LoraConfig is an error.
 
     Raises:
         ValueError: an unknown method, a configuration for full fine-tuning, or one of another kind.
@@ -94,7 +110,11 @@ def check_method(method: str, config: PeftConfig | None) -> PeftConfig | None:
         return None
     cls = PEFT_CONFIGS[method]
     if config is None:
-        return cls()
+        return check_method(method, cls())
     if not isinstance(config, cls):
         raise ValueError(f"method {method!r} needs a {cls.__name__}, got {type(config).__name__}")
+    if method == "qlora" and config.quantize is None:
+        return dataclasses.replace(config, quantize=QUANTIZATIONS[0])
+    if method == "lora" and config.quantize is not None:
+        raise ValueError(f"method 'lora' keeps the base as it is; quantize={config.quantize!r} is method 'qlora'")
     return config

@@ -6,7 +6,7 @@ A starts Kaiming-uniform and B at zero, so a fresh adapter adds exactly nothing;
 trains r * (in + out) numbers per layer instead of in * out. rsLoRA (Kalajdzievski 2023) scales by
 alpha / sqrt(r) instead, which keeps the update's size stable as r grows.
 
-`LoRALinear` wraps an existing `nn.Linear` (composition: the base layer is kept as `.base`, untouched)
+`LoRALinear` wraps an existing `nn.Linear` or a quantised `NF4Linear` (QLoRA, minift.peft.qlora) (composition: the base layer is kept as `.base`, untouched)
 and can hold several named adapters, one per task; one of them is active at a time. The functions
 below act on a whole model: `apply_lora` adds an adapter to the layers whose names match the
 targets, `set_adapter` switches, `disable_adapters` is a context manager giving the base model back
@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minift.peft.config import ALL_LINEAR, LoraConfig
+from minift.peft.qlora import NF4Linear, dequantize_base, quantize_base
 
 def check_adapter_name(name: str) -> None:
     """Adapter names are keys of nn.ParameterDict/nn.ModuleDict: no dots, and not one of their attributes."""
@@ -55,11 +56,11 @@ class LoRALinear(nn.Module):
     base weight, or None) and `disabled` (True inside `disable_adapters`).
     """
 
-    def __init__(self, base: nn.Linear, config: LoraConfig | None = None, **fields):
+    def __init__(self, base: nn.Linear | NF4Linear, config: LoraConfig | None = None, **fields):
         """Wrap `base`; with a `config` (or LoraConfig fields, e.g. rank=4) add that adapter at once."""
         super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"LoRALinear wraps nn.Linear, got {type(base).__name__}")
+        if not isinstance(base, (nn.Linear, NF4Linear)):
+            raise TypeError(f"LoRALinear wraps nn.Linear or NF4Linear, got {type(base).__name__}")
         self.base = base
         self.lora_A = nn.ParameterDict()
         self.lora_B = nn.ParameterDict()
@@ -85,7 +86,8 @@ class LoRALinear(nn.Module):
         check_adapter_name(name)
         if name in self.specs:
             raise ValueError(f"this layer already has an adapter named {name!r}")
-        w = self.base.weight
+        # an NF4 base computes in fp32 (its dequantised weight); A and B are fp32 beside it, as in QLoRA
+        w = self.base.weight if isinstance(self.base, nn.Linear) else self.base.mean
         A = torch.empty(spec.rank, self.in_features, dtype=w.dtype, device=w.device)
         # Hu et al. 2021 (sec. 4.1) start A random and B at zero, so B A = 0 before training. For A we use
         # Kaiming-uniform with a = sqrt(5), nn.Linear's own init, U(-1/sqrt(in), 1/sqrt(in)), as PEFT does.
@@ -119,6 +121,9 @@ class LoRALinear(nn.Module):
             raise ValueError(f"no adapter named {name!r} to merge; this layer has {sorted(self.specs)}")
         if self.merged is not None:
             raise ValueError(f"adapter {self.merged!r} is already merged; unmerge it first")
+        if isinstance(self.base, NF4Linear):
+            raise ValueError("cannot merge into an NF4 base (requantising would lose most of the update); "
+                             "merge_and_unload dequantises the base first")
         w = self.base.weight
         w.copy_((w.float() + self.delta_weight(name)).to(w.dtype))
         self.merged = self.active = name  # the layer now computes base + this adapter, nothing else
@@ -182,8 +187,8 @@ def _named_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The modules LoRA can target: nn.Linear layers and existing LoRALinear wrappers, by name."""
-    return {n: m for n, m in _named_modules(model).items() if isinstance(m, (nn.Linear, LoRALinear))}
+    """The modules LoRA can target: nn.Linear and NF4Linear layers and existing LoRALinear wrappers, by name."""
+    return {n: m for n, m in _named_modules(model).items() if isinstance(m, (nn.Linear, NF4Linear, LoRALinear))}
 
 
 def match_targets(model: nn.Module, targets: str | tuple[str, ...] | list[str]) -> list[str]:
@@ -194,7 +199,7 @@ def match_targets(model: nn.Module, targets: str | tuple[str, ...] | list[str]) 
             that matches a module that is not linear (it is named with its type).
     """
     modules = _named_modules(model)
-    linears = {n: m for n, m in modules.items() if isinstance(m, (nn.Linear, LoRALinear))}
+    linears = {n: m for n, m in modules.items() if isinstance(m, (nn.Linear, NF4Linear, LoRALinear))}
     if targets == ALL_LINEAR:
         # PEFT's "all-linear" also leaves the output layer out: it maps back to the vocabulary
         return [n for n in linears if n != "lm_head"]
@@ -237,7 +242,8 @@ def apply_lora(model: nn.Module, config: LoraConfig | None = None, **fields) -> 
         model: a GPT (or any module with nn.Linear layers).
         config: rank r (> 0), alpha (the update is scaled by alpha / r, alpha / sqrt(r) with rslora),
             targets (module names or suffixes, a regular expression, or "all-linear"), dropout on the
-            adapter branch's input, and the adapter's name.
+            adapter branch's input, the adapter's name, and quantize ("nf4": QLoRA, the blocks' linear
+            layers are first replaced by NF4Linear, minift.peft.qlora.quantize_base).
         fields: LoraConfig fields that replace those of `config`.
 
     Returns:
@@ -248,6 +254,8 @@ def apply_lora(model: nn.Module, config: LoraConfig | None = None, **fields) -> 
             output head, a name already in use, or a model with a merged adapter.
     """
     spec = dataclasses.replace(config or LoraConfig(), **fields)
+    if spec.quantize == "nf4":
+        quantize_base(model)  # QLoRA: the frozen base's block linear layers to NF4 first (sec. 3)
     adapter_name = spec.adapter_name
     check_adapter_name(adapter_name)
     if adapter_name in adapter_names(model):
@@ -347,8 +355,10 @@ def merge_and_unload(model: nn.Module, name: str | None = None) -> nn.Module:
     """Merge an adapter (the active one by default) for good and replace every wrapper by its nn.Linear.
 
     Returns the same model object, now a plain GPT. Its parameters keep requires_grad as they were
-    (frozen after apply_lora); call `model.requires_grad_(True)` to train all of it.
+    (frozen after apply_lora); call `model.requires_grad_(True)` to train all of it. A QLoRA model's
+    NF4 layers are dequantised first, so the result holds W' + scaling B A in full precision.
     """
+    dequantize_base(model)
     merge_adapter(model, name)
     return unload(model)
 

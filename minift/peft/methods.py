@@ -18,15 +18,20 @@ from minift.model import GPT
 from minift.peft.config import LoraConfig, PeftConfig, PromptTuningConfig, SelectiveConfig
 from minift.peft.lora import apply_lora
 from minift.peft.prompt_tuning import PromptTuningModel
+from minift.peft.qlora import nf4_layers
 from minift.peft.selective import apply_selective
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts; a tensor shared by two modules (tied weights) counts once."""
+    """(trainable, total) parameter counts; a tensor shared by two modules (tied weights) counts once.
+
+    An NF4 weight (QLoRA) counts as the out * in parameters it stands for, not its packed bytes.
+    """
     trainable = total = 0
     for p in model.parameters():  # parameters() yields a shared tensor once
         total += p.numel()
         trainable += p.numel() if p.requires_grad else 0
+    total += sum(layer.weight.numel for layer in nf4_layers(model).values())
     return trainable, total
 
 

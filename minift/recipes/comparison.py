@@ -31,7 +31,7 @@ from minift.data import IGNORE_INDEX, load_task_data
 from minift.evaluation import evaluate_task
 from minift.memory import RunSpec, measure, measure_gemm_workspace, model_config, predict
 from minift.model import BUILTIN_BASE, load_model
-from minift.peft import METHODS, LoraConfig, PromptTuningConfig, SelectiveConfig
+from minift.peft import METHODS, LoraConfig, PromptTuningConfig, SelectiveConfig, check_method
 from minift.recipes.finetuning import FinetuneConfig, default_train_config, finetune
 from minift.recipes.tables import format_table
 
@@ -41,7 +41,7 @@ class CompareConfig:
     # arithmetic by default: the built-in task that separates the methods (on reviews every method
     # reaches test accuracy 0.98 to 1.0 in 150 steps, and the table shows only their costs)
     task: str = "arithmetic"  # a built-in task (reviews, arithmetic, qa, summarize)
-    methods: tuple[str, ...] = ("full", "lora", "prompt-tuning")  # which of full, lora, prompt-tuning, selective
+    methods: tuple[str, ...] = ("full", "lora", "prompt-tuning")  # which of full, lora, qlora, prompt-tuning, selective
     base: str | None = None  # a base checkpoint directory; None: the built-in tiny base model
     out: str = "runs/compare"  # where compare.csv, compare.json, compare.png and each method's run go
     n_train: int = 800  # training examples
@@ -65,7 +65,10 @@ class CompareConfig:
             raise ValueError(f"methods must be some of {METHODS}, got {list(self.methods)}")
 
     def peft(self, method: str):
-        return {"full": None, "lora": self.lora, "prompt-tuning": self.prompt_tuning, "selective": self.selective}[method]
+        # qlora is LoRA's adapter over an NF4 base: the same LoraConfig, quantised (check_method)
+        qlora = check_method("qlora", self.lora)
+        return {"full": None, "lora": self.lora, "qlora": qlora, "prompt-tuning": self.prompt_tuning,
+                "selective": self.selective}[method]
 
 
 def memory_spec(config: CompareConfig, method: str, seq_len: int, completion_tokens: int) -> RunSpec:

@@ -31,12 +31,12 @@ from minift._files import run_directory, write_json
 from minift.data import Batches, MixtureBatches, load_task_data
 from minift.evaluation import evaluate, rouge_scores
 from minift.model import load_model, save_model
-from minift.peft import METHODS, PeftConfig, apply_peft, check_method, save_trainable, trainable_parameters
+from minift.peft import METHODS, PeftConfig, apply_peft, check_method, quantized_bits, save_trainable, trainable_parameters
 from minift.training import RUN_FILES, TrainConfig, gathered_state_dict, is_sharded, train
 
 # Peak learning rates per method for the tiny base model on the built-in tasks, picked from short
 # trial runs (`--lr` overrides them): few trainable parameters tolerate, and need, larger steps.
-DEFAULT_LR = {"full": 1e-3, "lora": 3e-3, "prompt-tuning": 3e-2, "selective": 2e-3}
+DEFAULT_LR = {"full": 1e-3, "lora": 3e-3, "qlora": 3e-3, "prompt-tuning": 3e-2, "selective": 2e-3}
 assert set(DEFAULT_LR) == set(METHODS), "a learning rate for every method"
 
 
@@ -44,7 +44,7 @@ assert set(DEFAULT_LR) == set(METHODS), "a learning rate for every method"
 class FinetuneConfig:
     task: str | tuple[str, ...] = "reviews"  # a built-in task (reviews, arithmetic, qa, summarize) or a .jsonl/.json/.csv file; several: multi-task
     templates: str | None = None  # for a file: a template-library JSON (default: Alpaca instruction/input/output)
-    method: str = "full"  # full, lora, prompt-tuning or selective
+    method: str = "full"  # full, lora, qlora, prompt-tuning or selective
     peft: PeftConfig | None = None  # None: the method's defaults
     base: str | None = None  # a base checkpoint directory; None: the built-in tiny base model
     n_train: int | str | None = None  # training examples, a number or all (None: 800 for a built-in task, all of a file's 80%)
@@ -138,6 +138,7 @@ def _finetune(config: FinetuneConfig, work: Path, t0: float) -> dict | None:
         "trainable_parameters": trainable,
         "total_parameters": total,
         "trainable_percent": 100 * trainable / total,
+        "base_bits_per_parameter": quantized_bits(model) if config.method == "qlora" else None,  # NF4: ~4.127
         "artefact": str(Path(config.train.out_dir) / name),  # where it is once the run is in place
         "artefact_bytes": sizes,
         "n_train": sum(len(d.train) for d in data.values()),

@@ -30,7 +30,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW's moment decay rates
     grad_clip: float | None = 1.0  # max global L2 norm of the gradient; None: no clipping
     on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop (raise; snapshots stay good) or skip the update
-    optimizer: str = "auto"  # adamw, fused-adamw or sgd; auto: fused-adamw on CUDA, adamw on CPU
+    optimizer: str = "auto"  # adamw, fused-adamw, adamw8bit or sgd; auto: fused-adamw on CUDA, adamw on CPU
     loss: str = "auto"  # torch, fused or fused-linear; auto: fused-linear on CUDA, fused on CPU
     eval_every: int = 50  # steps between evaluations (and snapshots); the last step is always evaluated
     eval_batch_size: int = 32  # sequences per forward pass of evaluation

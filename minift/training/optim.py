@@ -1,7 +1,8 @@
 """The optimizer of a fine-tuning run and its learning-rate schedule.
 
 `OPTIMIZERS` is the one list of choices: "adamw" (torch.optim.AdamW), "fused-adamw"
-(minift.kernels.FusedAdamW: one Triton kernel per step on CUDA), "sgd" (with momentum 0.9);
+(minift.kernels.FusedAdamW: one Triton kernel per step on CUDA), "adamw8bit" (minift.kernels.AdamW8bit:
+the moments in 8 bits, block-wise, Dettmers et al. 2022), "sgd" (with momentum 0.9);
 `default_optimizer` is what "auto" means on a device.
 """
 
@@ -12,9 +13,9 @@ import math
 import torch
 import torch.nn as nn
 
-from minift.kernels import FusedAdamW
+from minift.kernels import AdamW8bit, FusedAdamW
 
-OPTIMIZERS = ("adamw", "fused-adamw", "sgd")
+OPTIMIZERS = ("adamw", "fused-adamw", "adamw8bit", "sgd")
 
 
 def default_optimizer(device: torch.device | str) -> str:
@@ -47,6 +48,8 @@ def build_optimizer(model: nn.Module, name: str, lr: float, betas: tuple[float, 
         return torch.optim.AdamW(groups, lr=lr, betas=betas)
     if name == "fused-adamw":
         return FusedAdamW(groups, lr=lr, betas=betas)
+    if name == "adamw8bit":
+        return AdamW8bit(groups, lr=lr, betas=betas)
     return torch.optim.SGD(groups, lr=lr, momentum=0.9)
 
 

@@ -35,6 +35,7 @@ PEFTS = {
     "lora c_attn": LoraConfig(rank=4),
     "lora all-linear": LoraConfig(rank=3, targets="all-linear"),
     "lora mlp.c_proj": LoraConfig(rank=2, targets=("mlp.c_proj",)),
+    "qlora c_attn": LoraConfig(rank=4, quantize="nf4"),  # every block linear layer in NF4, LoRA on c_attn
     "prompt tuning": PromptTuningConfig(num_virtual_tokens=5),
     "last block": SelectiveConfig("last-1-blocks"),
     "bitfit": SelectiveConfig("bias"),
@@ -57,6 +58,28 @@ def test_parameters_gradients_optimizer_state_are_exact(method, optimizer):
     predicted, measured = predict(spec), _measured(spec)
     for category in ("weights_frozen", "weights_trainable", "gradients", "optimizer_state"):
         assert predicted.sizes[category] == measured[category], category
+
+
+@pytest.mark.parametrize("method", ["full", "qlora c_attn"])
+def test_adamw8bit_state_is_exact(method):
+    """Codes (1 B per parameter per moment), absmaxes (two fp32 per block of 2048) and the step counter."""
+    spec = _spec(PEFTS[method], optimizer="adamw8bit")
+    predicted, measured = predict(spec), _measured(spec)
+    for category in ("weights_frozen", "weights_trainable", "gradients", "optimizer_state"):
+        assert predicted.sizes[category] == measured[category], category
+    assert predicted.sizes["optimizer_state"] < predict(_spec(PEFTS[method])).sizes["optimizer_state"] / 3.5
+
+
+def test_qlora_frozen_weights_are_nf4():
+    """QLoRA's frozen bytes: the block linear layers at ~4.1 bits instead of 32, the rest (embeddings,
+    norms, biases) as in LoRA."""
+    lora, qlora = predict(_spec(PEFTS["lora c_attn"])), predict(_spec(PEFTS["qlora c_attn"]))
+    C, L = SMALL.n_embd, SMALL.n_layer
+    linear = L * (3 * C * C + C * C + 4 * C * C + 4 * C * C)  # c_attn, attn.c_proj, c_fc, mlp.c_proj weights
+    # 4 bits per weight, an int8 scale per 64, and per weight matrix one fp32 factor (its numel is under
+    # 64 * 256) and the fp32 mean
+    nf4 = linear // 2 + linear // 64 + 4 * L * (4 + 4)
+    assert lora.sizes["weights_frozen"] - qlora.sizes["weights_frozen"] == 4 * linear - nf4
 
 
 def test_adamw_state_is_two_moments_and_a_step_counter_per_tensor():

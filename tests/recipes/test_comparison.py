@@ -9,6 +9,7 @@ from minift.cli import main
 from minift.recipes import CompareConfig, compare, format_rows
 from minift.recipes.comparison import memory_spec
 from minift.memory import measure_gemm_workspace, predict
+from minift.peft import LoraConfig
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_format_rows_prints_every_method(compared):
 
 def test_unknown_method_is_rejected():
     with pytest.raises(ValueError, match="methods must be some of"):
-        CompareConfig(methods=("full", "qlora"))
+        CompareConfig(methods=("full", "dora"))
 
 
 def test_cli_compare_prints_the_table(tiny_checkpoint, tmp_path, capsys):
@@ -82,3 +83,9 @@ def test_cli_compare_prints_the_table(tiny_checkpoint, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "lora" in out and "chance accuracy on reviews: 0.200" in out
     assert str(tmp_path) in out and (tmp_path / "compare.json").exists()
+
+
+def test_qlora_row_is_the_lora_config_over_an_nf4_base():
+    config = CompareConfig(methods=("lora", "qlora"), lora=LoraConfig(rank=2))
+    assert config.peft("lora") == LoraConfig(rank=2)
+    assert config.peft("qlora") == LoraConfig(rank=2, quantize="nf4")  # the same adapter, the base in NF4
