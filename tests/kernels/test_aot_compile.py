@@ -1,7 +1,7 @@
 """Every Triton kernel compiled ahead of time for sm_80 and sm_90, as the CUDA path launches it, without a GPU.
 
 The launchers run on meta tensors of realistic shapes (GPT-2's and LLaMA-3's vocabularies and heads,
-GPT-2 small's parameters) with each kernel's `run` replaced by a recorder, so what gets compiled is
+GPT-2 small's parameters, its largest block weight in NF4 and under 8-bit AdamW) with each kernel's `run` replaced by a recorder, so what gets compiled is
 exactly what they would launch: the grid, block sizes, num_warps, argument dtypes, and the integer and
 alignment specialisations Triton's JIT derives from the arguments (meta tensors have addresses: a view
 at an odd offset is misaligned, as on a GPU). Each launch is compiled with `triton.compile` for an
@@ -44,9 +44,11 @@ def _record_launches(kernels: dict) -> list:
 
 def _launch_every_kernel() -> None:
     """Call the CUDA path's launchers on meta tensors: the cases the compile test covers."""
+    from minift.kernels.adamw8bit import _adamw8bit_triton
     from minift.kernels.fused_adamw import _adamw_triton
     from minift.kernels.fused_cross_entropy import _cross_entropy_triton
     from minift.kernels.fused_linear_cross_entropy import _linear_cross_entropy_chunks, chunk_rows
+    from minift.kernels.nf4 import NF4Weight, _dequantize_triton
     from minift.memory import meta_model, model_config
     from minift.memory.spec import RunSpec
 
@@ -65,6 +67,15 @@ def _launch_every_kernel() -> None:
                       weight_decay=0.01)
         odd = [torch.empty(1 + 768 * 768, dtype=dtype, **meta)[1:]]
         _adamw_triton(odd, odd, odd, odd, [1.0], lr=1e-4, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)
+        # QLoRA: GPT-2 small's largest block weight (c_fc, 768 x 3072) dequantised to fp32 / bf16; 8-bit AdamW over it
+        numel = 768 * 3072
+        weight = NF4Weight(torch.empty(numel // 2, dtype=torch.uint8, **meta), torch.empty(numel // 64, dtype=torch.int8, **meta),
+                           torch.empty(-(-numel // 64 // 256), **meta), torch.empty((), **meta), (768, 3072))
+        _dequantize_triton(weight, dtype)
+        p = torch.empty(768, 3072, dtype=dtype, **meta)
+        state = {"exp_avg": torch.empty(768, 3072, dtype=torch.uint8, **meta), "exp_avg_absmax": torch.empty(numel // 2048, **meta)}
+        state |= {"exp_avg_sq": state["exp_avg"], "exp_avg_sq_absmax": state["exp_avg_absmax"]}
+        _adamw8bit_triton(p, p, state, step=1, lr=1e-4, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)
 
 
 def _jit_kernels() -> dict:
