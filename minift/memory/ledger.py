@@ -309,10 +309,9 @@ def predict(spec: RunSpec, gemm_workspace: dict[str, int] | None = None) -> Pred
 def _optimizer_temporaries(spec: RunSpec, trainable: list[torch.Tensor], numel_of) -> tuple[int, str]:
     """Bytes the optimizer step allocates and frees again, and what they are.
 
-    - torch.optim.AdamW on CPU runs one tensor at a time (no foreach kernels on CPU):
-      `denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)` holds two temporaries the
-      size of the tensor at once: 2 x the largest trainable tensor. On CUDA (foreach) sqrt runs over
-      the whole group at once: the bytes of the largest parameter group.
+    - torch.optim.AdamW: none on CPU, where minift.training.build_optimizer asks for torch's fused
+      kernel (in place, one tensor at a time). On CUDA (foreach) sqrt runs over the whole group at
+      once: the bytes of the largest parameter group.
     - kernels.FusedAdamW: none on CUDA (Triton, in place); its CPU reference holds one sqrt
       temporary (and fp32 copies of p, g, m, v for 16-bit parameters).
     - SGD with weight decay: `grad.add(param, alpha=wd)` is a new tensor: the largest decayed tensor
@@ -329,7 +328,7 @@ def _optimizer_temporaries(spec: RunSpec, trainable: list[torch.Tensor], numel_o
     if spec.optimizer == "adamw":
         if on_cuda:
             return max(sum(numel_of(p) for p in g) for g in groups) * s, "AdamW's foreach sqrt(v) over a parameter group"
-        return 2 * numel(trainable) * s, "AdamW's sqrt(v) temporaries (2 x the largest trainable tensor)"
+        return 0, "none (torch's fused CPU kernel updates p, m, v in place)"
     if spec.optimizer == "adamw8bit":
         if on_cuda:
             return 0, "none (the Triton kernel dequantises, updates and requantises in place)"

@@ -143,12 +143,60 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
+class _ThreadInvariantLayerNorm(torch.autograd.Function):
+    """LayerNorm whose weight and bias gradients are the same for any number of CPU threads.
+
+    y = (x - mean) * rstd * weight + bias, over the last dimension; for rows i of x (M, C):
+
+        dweight_j = sum_i dy_ij * xhat_ij        dbias_j = sum_i dy_ij        (xhat = (x - mean) * rstd)
+
+    torch's CPU kernel sums those M rows in one partial sum per thread and then adds the partial
+    sums, so the rounding, and with it a full fine-tune's numbers, changes with the thread count.
+    Here the input's gradient is still torch's own (one row at a time, independent of the threads)
+    and the two column sums are `Tensor.sum(0)`, which splits the C columns, never the M rows,
+    between threads. The forward is torch's, and it saves what torch's saves: x, mean and rstd.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        y, mean, rstd = torch.native_layer_norm(x, x.shape[-1:], weight, bias, eps)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.ops.aten.native_layer_norm_backward(dy, x, x.shape[-1:], mean, rstd, weight, bias,
+                                                           [True, False, False])[0]
+        rows = dy.reshape(-1, dy.size(-1))  # (M, C)
+        dweight = dbias = None
+        if ctx.needs_input_grad[1]:
+            xhat = (x.reshape(rows.shape) - mean.reshape(-1, 1)) * rstd.reshape(-1, 1)  # (M, C)
+            dweight = (rows * xhat).sum(0)
+        if bias is not None and ctx.needs_input_grad[2]:
+            dbias = rows.sum(0)
+        return dx, dweight, dbias, None
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters and names), whose trained weight and bias get thread-count-independent
+    gradients on CPU (`_ThreadInvariantLayerNorm`); elsewhere, and when they are frozen, torch's own op."""
+
+    def forward(self, x):
+        trains = any(p.requires_grad for p in (self.weight, self.bias) if p is not None)
+        if x.device.type == "cpu" and trains and torch.is_grad_enabled():
+            return _ThreadInvariantLayerNorm.apply(x, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+
 class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln_1 = LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln_2 = LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x, mask=None, kv_cache=None, layer=0):
@@ -166,7 +214,7 @@ class GPT(nn.Module):
                 wpe=nn.Embedding(config.block_size, config.n_embd),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias),
+                ln_f=LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias),
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)

@@ -1,6 +1,6 @@
 """The optimizer of a fine-tuning run and its learning-rate schedule.
 
-`OPTIMIZERS` is the one list of choices: "adamw" (torch.optim.AdamW), "fused-adamw"
+`OPTIMIZERS` is the one list of choices: "adamw" (torch.optim.AdamW, its fused kernel on CPU), "fused-adamw"
 (minift.kernels.FusedAdamW: one Triton kernel per step on CUDA), "adamw8bit" (minift.kernels.AdamW8bit:
 the moments in 8 bits, block-wise, Dettmers et al. 2022), "sgd" (with momentum 0.9);
 `default_optimizer` is what "auto" means on a device.
@@ -20,7 +20,7 @@ OPTIMIZERS = ("adamw", "fused-adamw", "adamw8bit", "sgd")
 
 def default_optimizer(device: torch.device | str) -> str:
     """The optimizer "auto" means on `device`: the Triton FusedAdamW on CUDA, torch.optim.AdamW on CPU
-    (where FusedAdamW would run its PyTorch reference, no faster than torch's own AdamW)."""
+    (its fused CPU kernel; FusedAdamW would run its PyTorch reference there, which is slower)."""
     return "fused-adamw" if torch.device(device).type == "cuda" else "adamw"
 
 
@@ -45,7 +45,11 @@ def build_optimizer(model: nn.Module, name: str, lr: float, betas: tuple[float, 
     ]
     groups = [g for g in groups if g["params"]]
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+        # On CPU torch's fused kernel reads and writes each tensor once, in place, where its default loop
+        # makes a dozen passes and two temporaries ("torch fused" in benchmarks/results/bench_adamw_*);
+        # the same AdamW to fp32 rounding, and transformers' Trainer's default. Elsewhere: torch's default.
+        fused = True if all(p.device.type == "cpu" for p in params) else None
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
     if name == "fused-adamw":
         return FusedAdamW(groups, lr=lr, betas=betas)
     if name == "adamw8bit":

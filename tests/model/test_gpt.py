@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from minift.model import GPT, GPTConfig
+from minift.model.gpt import LayerNorm
 
 SMALL = GPTConfig(vocab_size=97, block_size=64, n_layer=2, n_head=2, n_embd=32)
 
@@ -150,3 +151,48 @@ def test_input_embeds_equal_input_ids():
         model(ids, input_embeds=model.transformer.wte(ids))
     with pytest.raises(ValueError, match="sequence of 65 tokens"):
         model(input_embeds=torch.zeros(1, 65, SMALL.n_embd))
+
+
+def _layer_norm_grads(ln, x, dy, threads):
+    """Gradients of `ln` at x for the upstream gradient dy, computed with `threads` CPU threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ln.zero_grad(set_to_none=True)
+        x = x.detach().clone().requires_grad_()
+        (ln(x) * dy).sum().backward()
+        return x.grad, *(p.grad for p in ln.parameters() if p.requires_grad)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("shape", [(4, 58, 128), (3, 7, 31), (1, 1, 768)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_layer_norm_matches_torch_and_its_gradients_ignore_the_thread_count(shape, bias):
+    g = torch.Generator().manual_seed(0)
+    x, dy = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    ours = LayerNorm(shape[-1], bias=bias)
+    ref = torch.nn.LayerNorm(shape[-1], bias=bias)
+    with torch.no_grad():
+        for p, q in zip(ours.parameters(), ref.parameters()):
+            p.copy_(torch.randn(p.shape, generator=g))
+            q.copy_(p)
+    assert torch.equal(ours(x.requires_grad_()), ref(x))  # torch's own forward
+    by_threads = [_layer_norm_grads(ours, x, dy, t) for t in (1, 2, 3)]
+    for grads in by_threads[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(grads, by_threads[0]))  # bitwise, whatever the threads
+    expected = _layer_norm_grads(ref, x, dy, 1)
+    assert torch.equal(by_threads[0][0], expected[0])  # the input's gradient is torch's own kernel
+    for a, b in zip(by_threads[0][1:], expected[1:]):
+        # the same M-term fp32 sums in another order: |error| <= M * eps * sum|terms|, far below 1e-5 here
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_frozen_weight_with_a_trained_bias_gets_the_bias_gradient_alone():
+    ln = LayerNorm(16)
+    ln.weight.requires_grad_(False)  # BitFit: only biases train
+    x, dy = torch.randn(5, 16), torch.randn(5, 16)
+    grads = [_layer_norm_grads(ln, x, dy, t) for t in (1, 2)]
+    assert ln.weight.grad is None and len(grads[0]) == 2  # x's and the bias's
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    torch.testing.assert_close(grads[0][1], dy.sum(0), rtol=1e-6, atol=1e-6)  # dbias = column sums of dy
