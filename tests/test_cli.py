@@ -165,6 +165,11 @@ def test_pretrain_and_compare_refuse_an_earlier_run_and_overwrite_replaces_it(ti
     assert "already holds compare.json, compare.csv, compare.png, lora" in capsys.readouterr().err
     assert main(compare + ["--overwrite"]) == 0
     capsys.readouterr()
+    # a comparison that fails under --overwrite leaves the earlier one whole (the new one is staged beside it)
+    before = (tmp_path / "cmp" / "compare.json").read_text()
+    assert main(compare + ["--overwrite", "--n-train", "100000"]) == 2
+    assert (tmp_path / "cmp" / "compare.json").read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["cmp"]
+    capsys.readouterr()
     pretrain = ["pretrain", "--out", str(tmp_path / "base"), "--n-documents", "30", "--vocab-size", "300",
                 "--block-size", "64", "--steps", "1", "--batch-size", "2", "--eval-every", "1", "--no-progress"]
     assert main(pretrain) == 0
@@ -173,6 +178,10 @@ def test_pretrain_and_compare_refuse_an_earlier_run_and_overwrite_replaces_it(ti
     assert main(pretrain) == 2
     assert "already holds config.json, model.safetensors, tokenizer.json, pretrain.json, train" in capsys.readouterr().err
     assert main(pretrain + ["--overwrite"]) == 0
+    before = (tmp_path / "base" / "pretrain.json").read_text()
+    assert main(pretrain + ["--overwrite", "--model", "no-such-preset"]) == 2  # fails after the corpus is made
+    assert (tmp_path / "base" / "pretrain.json").read_text() == before and (tmp_path / "base" / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "cmp"]  # no staging directory left beside them
 
 
 @pytest.mark.parametrize("flag, shown", [([], True), (["--no-progress"], False)])

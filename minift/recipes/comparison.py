@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from minift._files import claim_outputs, write_table
+from minift._files import run_directory, write_table
 from minift._plots import pyplot, save_figure
 from minift.data import IGNORE_INDEX, load_task_data
 from minift.evaluation import evaluate_task
@@ -81,8 +81,12 @@ def memory_spec(config: CompareConfig, method: str, seq_len: int, completion_tok
 
 def compare(config: CompareConfig, log=print) -> list[dict]:
     """Fine-tune with each method and return one row per method (plus the base model's row)."""
-    out = Path(config.out)
-    claim_outputs(out, ("compare.json", "compare.csv", "compare.png", *config.methods), config.overwrite)
+    # --overwrite writes the new comparison beside the old one and swaps it in at the end (minift._files.run_directory)
+    with run_directory(config.out, ("compare.json", "compare.csv", "compare.png", *config.methods), config.overwrite) as out:
+        return _compare(config, out, log)
+
+
+def _compare(config: CompareConfig, out: Path, log) -> list[dict]:
     t0 = time.perf_counter()
     model, tokenizer = load_model(config.base)
     data = load_task_data(config.task, tokenizer, model.config.block_size, config.n_train, config.n_val, config.n_test,

@@ -14,6 +14,7 @@ builds a tokenizer and weights like those that ship with minift as its default b
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from minift._files import claim_outputs, write_json
+from minift._files import run_directory, write_json
 from minift.data import Batches, CorpusConfig, generate_corpus, pack
 from minift.evaluation import evaluate
 from minift.model import GPT, GPTConfig, save_model
@@ -60,9 +61,20 @@ def pretrain(config: PretrainConfig) -> tuple[GPT, Tokenizer, dict]:
     """
     t0 = time.perf_counter()
     dist.setup()  # under torchrun: join the ranks now, so that one of them alone claims the output directory
-    if dist.rank() == 0:
-        claim_outputs(config.out, MODEL_FILES, config.overwrite)
-    dist.barrier()
+    # --overwrite writes the new model beside the old one and swaps it in at the end (minift._files.run_directory)
+    with run_directory(config.out, MODEL_FILES, config.overwrite, claim=dist.rank() == 0) as work:
+        dist.barrier()  # the directory exists before any rank writes into it
+        model, tokenizer, record = _pretrain(config, work, t0)
+        dist.barrier()  # every rank is done with it before rank 0 swaps it into place
+    return model, tokenizer, record
+
+
+def _pretrain(config: PretrainConfig, work: Path, t0: float) -> tuple[GPT, Tokenizer, dict]:
+    """The run itself, writing into `work` (the output directory, or its staging copy under --overwrite)."""
+    out = Path(config.out)
+    train_dir = Path(config.train.out_dir)
+    if train_dir.resolve().is_relative_to(out.resolve()):  # the default OUT/train: staged with the model
+        train_dir = work / train_dir.resolve().relative_to(out.resolve())
     documents = generate_corpus(CorpusConfig(n_documents=config.n_documents, seed=config.seed))
     tokenizer = Tokenizer.train(documents, config.vocab_size)
     blocks = pack(tokenizer, documents, config.block_size)
@@ -74,7 +86,7 @@ def pretrain(config: PretrainConfig) -> tuple[GPT, Tokenizer, dict]:
     model_config = GPTConfig.from_name(config.model, vocab_size=tokenizer.vocab_size, block_size=config.block_size)
     model = GPT(model_config)
     batches = Batches(train_blocks, config.train.batch_size, tokenizer.pad_id, seed=config.seed)
-    result = train(model, batches, val_blocks, tokenizer.pad_id, config.train)
+    result = train(model, batches, val_blocks, tokenizer.pad_id, dataclasses.replace(config.train, out_dir=str(train_dir)))
     if is_sharded(model):  # FSDP2 under torchrun: the trained weights, gathered into an unsharded copy
         state = gathered_state_dict(model)
         model = GPT(model_config)
@@ -82,7 +94,7 @@ def pretrain(config: PretrainConfig) -> tuple[GPT, Tokenizer, dict]:
     val = evaluate(model, val_blocks, tokenizer.pad_id)
     model.cpu()
     if dist.rank() == 0:  # every rank holds the same model: one writes it
-        save_model(model, tokenizer, config.out)
+        save_model(model, tokenizer, work)
     record = {
         "command": "minift pretrain " + " ".join(f"--{k} {v}" for k, v in _flags(config).items()),
         "config": asdict(config),
@@ -99,7 +111,7 @@ def pretrain(config: PretrainConfig) -> tuple[GPT, Tokenizer, dict]:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
     }
     if dist.rank() == 0:
-        write_json(Path(config.out) / "pretrain.json", record)
+        write_json(work / "pretrain.json", record)
     return model, tokenizer, record
 
 
