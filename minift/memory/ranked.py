@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch.distributed
+
 import minift.training.distributed as dist
 from minift.memory.probes import TRACKING_ENV
 from minift.memory.spec import RunSpec
@@ -57,6 +59,9 @@ def _rank_main(directory: Path, steps: int) -> None:
     if dist.rank() == 0:
         (directory / "ranks.json").write_text(json.dumps(results))
     dist.barrier()
+    # leave the group before exiting: otherwise gloo's threads can outlive the interpreter and abort the
+    # process ("terminate called without an active exception"), seen under zero1 with another torchrun running
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
