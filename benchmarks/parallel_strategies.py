@@ -1,5 +1,5 @@
 """One rank's memory under each parallel strategy, predicted and measured on 2 CPU ranks, and the same
-fine-tune trained under torchrun with DDP and with FSDP2.
+fine-tune trained under torchrun with DDP, ZeRO-1 (DDP + ZeroRedundancyOptimizer) and FSDP2.
 
     python -m benchmarks.parallel_strategies
 
@@ -23,8 +23,8 @@ from pathlib import Path
 from benchmarks.common import device_name, device_slug, write_results
 from minift.memory import RunSpec, measure, measure_ranks, model_config, predict
 
-CASES = [("ddp", 1), ("ddp", 2), ("zero2", 2), ("zero3", 2)]
-FINETUNES = ("ddp", "fsdp")
+CASES = [("ddp", 1), ("ddp", 2), ("zero1", 2), ("zero2", 2), ("zero3", 2)]
+FINETUNES = ("ddp", "zero1", "fsdp")
 
 
 def memory_rows() -> list[dict]:

@@ -2,7 +2,7 @@
 
 `measure_ranks(spec)` launches `torchrun --standalone --nproc_per_node spec.ranks` over this module;
 every rank builds the step of `spec` (minift.memory.step.build_minift_step: the strategy applied as
-training applies it, DDP or FSDP2), measures it with `measure_step` under the tracking allocator
+training applies it: DDP, DDP with ZeroRedundancyOptimizer, or FSDP2), measures it with `measure_step` under the tracking allocator
 (minift.memory.probes.TRACKING_ENV: resident memory follows the live bytes), and rank 0 writes all
 ranks' results to a JSON file. The process group is joined before the warm-up, so gloo's own buffers
 are part of every rank's baseline and not of the step.
@@ -18,11 +18,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch.distributed
+
 import minift.training.distributed as dist
 from minift.memory.probes import TRACKING_ENV
 from minift.memory.spec import RunSpec
 from minift.memory.step import build_minift_step, measure_step
-from minift.training import STRATEGIES
 
 
 def measure_ranks(spec: RunSpec, tracking_malloc: bool = True, steps: int = 2, timeout: float = 600) -> dict:
@@ -30,13 +31,11 @@ def measure_ranks(spec: RunSpec, tracking_malloc: bool = True, steps: int = 2, t
     every rank's under "ranks".
 
     Raises:
-        ValueError: the spec's strategy is not one minift trains (zero1), or it asks for one rank.
+        ValueError: the spec asks for one rank.
         RuntimeError: torchrun failed; its output is included.
     """
     if spec.ranks < 2:
         raise ValueError("measure_ranks measures several ranks; use minift.memory.measure for one process")
-    if not STRATEGIES[spec.strategy].trains:
-        raise ValueError(f"strategy {spec.strategy!r} is predicted only (minift does not train with it): add --predict-only")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "spec.json").write_text(json.dumps(spec.to_dict()))
         env = {**os.environ, **(TRACKING_ENV if tracking_malloc else {}), "TRITON_INTERPRET": "0", "OMP_NUM_THREADS": "1"}
@@ -60,6 +59,9 @@ def _rank_main(directory: Path, steps: int) -> None:
     if dist.rank() == 0:
         (directory / "ranks.json").write_text(json.dumps(results))
     dist.barrier()
+    # leave the group before exiting: otherwise gloo's threads can outlive the interpreter and abort the
+    # process ("terminate called without an active exception"), seen under zero1 with another torchrun running
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ master weights and the two fp32 moments). With Psi parameters on N data-parallel
 `precision="pure"` (what minift trains) keeps everything in the model's dtype of s bytes: weights s,
 gradients s, AdamW's moments 2 s (SGD's momentum s) per trainable element. A shard is what FSDP2 keeps
 (minift.training.sharding.shard_numel: dim 0 chunked, padded to a multiple of N), so the figures are
-exact per tensor rather than Psi / N.
+exact per tensor rather than Psi / N. zero1's ZeroRedundancyOptimizer splits whole tensors instead (the
+largest first, each to the rank with the fewest elements): the same total, and one rank holds up to half
+the largest tensor's state more than Psi / N (nothing more on the tiny preset, whose split is even).
 
 Activations do not shrink with N: every rank runs the forward and backward of its own rows. What
 sharding adds is communication buffers, per rank:

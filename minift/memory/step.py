@@ -23,7 +23,7 @@ from minift.memory.saved import SavedTensorMeter, function_held_tensors, optimiz
 from minift.memory.spec import DTYPES, RunSpec
 from minift.model import GPT, load_gpt2
 from minift.peft import apply_peft, nf4_layers
-from minift.training import CompletionLoss, TrainConfig, build_optimizer, parallelize
+from minift.training import CompletionLoss, TrainConfig, build_optimizer, parallelize, shard_optimizer
 
 
 @dataclass
@@ -161,10 +161,11 @@ def build_minift_step(spec, tiny: bool = False) -> StepParts:
     model = (model if spec.peft is None else apply_peft(model, spec.peft)).to(device)
     model.activation_checkpointing = spec.activation_checkpointing
     model.train()
-    # under torchrun (minift.memory.ranked): DDP or FSDP2 exactly as training applies them, before the optimizer
+    # under torchrun (minift.memory.ranked): DDP, ZeRO-1 or FSDP2 exactly as training applies them, before the optimizer
     loss_module = parallelize(model, CompletionLoss(model, spec.loss), spec.strategy, device)
     defaults = TrainConfig()  # the optimizer's hyperparameters as a run's defaults set them
-    optimizer = build_optimizer(model, spec.optimizer, defaults.lr, defaults.betas, defaults.weight_decay)
+    optimizer = shard_optimizer(build_optimizer(model, spec.optimizer, defaults.lr, defaults.betas, defaults.weight_decay),
+                                spec.strategy)  # zero1: each rank keeps its partition's state
     ids = torch.randint(0, config.vocab_size, (B, T), device=device)
     labels = ids.clone()
     if k is not None:

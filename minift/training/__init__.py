@@ -20,6 +20,7 @@ from minift.training.sharding import (
     parallelize,
     shard_model,
     shard_numel,
+    shard_optimizer,
 )
 from minift.training.config import NONFINITE, SELECTIONS, TrainConfig
 from minift.training.log import MetricsLog, plot_curves, read_metrics
@@ -31,5 +32,5 @@ __all__ = [
     "CompletionLoss", "MetricsLog", "Snapshot", "Strategy", "TrainConfig", "TrainResult", "TrainingDiverged",
     "build_optimizer", "default_loss", "default_optimizer", "gathered_state_dict", "get_strategy", "is_sharded", "parallelize",
     "learning_rate", "load_snapshot", "plot_curves",
-    "read_metrics", "save_snapshot", "shard_model", "shard_numel", "train",
+    "read_metrics", "save_snapshot", "shard_model", "shard_numel", "shard_optimizer", "train",
 ]

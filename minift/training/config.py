@@ -8,7 +8,7 @@ import torch
 
 from minift.training.loss import LOSSES, default_loss
 from minift.training.optim import OPTIMIZERS, default_optimizer, learning_rate
-from minift.training.sharding import STRATEGIES, get_strategy
+from minift.training.sharding import get_strategy
 
 SELECTIONS = ("accuracy", "loss")  # what TrainConfig.select_by may say
 # What a step with a NaN or infinite loss or gradient does, caught before the optimizer steps: "stop"
@@ -46,8 +46,9 @@ class TrainConfig:
     overwrite: bool = False  # start afresh in an out_dir that holds an earlier run (deleting it)
     progress: bool = True  # show a progress bar
     device: str = "auto"  # auto: cuda when available, else cpu
-    # under torchrun: ddp (every rank a replica), zero2 or zero3 (FSDP2 shards gradients and optimizer
-    # state, and zero3 the weights between uses; fsdp = zero3); one process trains the same either way
+    # under torchrun: ddp (every rank a replica), zero1 (DDP, the optimizer state partitioned), zero2 or zero3
+    # (FSDP2 shards gradients and optimizer state, and zero3 the weights between uses; fsdp = zero3);
+    # one process trains the same either way
     strategy: str = "ddp"
 
     def __post_init__(self):
@@ -66,9 +67,7 @@ class TrainConfig:
             raise ValueError(f"select_by must be one of {SELECTIONS}, got {self.select_by!r}")
         if self.optimizer not in ("auto", *OPTIMIZERS):
             raise ValueError(f"optimizer must be 'auto' or one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.strategy not in STRATEGIES or not STRATEGIES[self.strategy].trains:
-            raise ValueError(f"strategy must be one of {[n for n, s in STRATEGIES.items() if s.trains]}, got {self.strategy!r}"
-                             + (" (the memory ledger accounts for it, minift does not train with it)" if self.strategy in STRATEGIES else ""))
+        get_strategy(self.strategy)  # an unknown one is refused, naming the choices
         if self.optimizer == "fused-adamw" and get_strategy(self.strategy).fsdp:
             raise ValueError("FusedAdamW updates plain tensors, FSDP2's are sharded (DTensors): use optimizer adamw or sgd")
         self.betas = tuple(self.betas)  # a JSON round trip gives a list

@@ -35,7 +35,7 @@ from minift.training.config import TrainConfig
 from minift.training.log import MetricsLog, plot_curves
 from minift.training.loss import CompletionLoss, scored_rows
 from minift.training.optim import build_optimizer
-from minift.training.sharding import gather, parallelize
+from minift.training.sharding import gather, parallelize, shard_optimizer
 from minift.training.snapshot import (
     Snapshot,
     has_snapshot,
@@ -179,9 +179,10 @@ def _start(model: nn.Module, batches, optimizer: torch.optim.Optimizer | None, c
         model.activation_checkpointing = config.activation_checkpointing
     model.train()
     if optimizer is not None and config.strategy != "ddp" and world > 1:
-        raise ValueError(f"strategy {config.strategy!r} replaces the parameters: let train build the optimizer")
+        raise ValueError(f"strategy {config.strategy!r} shards the parameters or the optimizer state: let train build the optimizer")
     loss_module = parallelize(model, CompletionLoss(model, loss_name), config.strategy, device)  # DDP or FSDP2
-    optimizer = optimizer or build_optimizer(model, optimizer_name, config.lr, config.betas, config.weight_decay)
+    optimizer = optimizer or shard_optimizer(  # zero1: a ZeroRedundancyOptimizer of the same class
+        build_optimizer(model, optimizer_name, config.lr, config.betas, config.weight_decay), config.strategy)
     run = _Run(model, optimizer, loss_module, batches, config, out,
                MetricsLog(out / "metrics.jsonl", enabled=rank == 0), device, share, micro)
     if config.resume and (snap := load_snapshot(out, asdict(config), model, optimizer, batches, device)) is not None:

@@ -13,8 +13,12 @@ block's gathered parameters after its forward and gathers them again for its bac
 False it keeps them from forward to the end of backward (stage 2's memory for the parameters, one
 all-gather per step). Either way the gradient is reduce-scattered, so each rank keeps its shard of it.
 
+Stage 1 alone (zero1) is DDP for the model plus PyTorch's `ZeroRedundancyOptimizer`: every rank keeps
+whole weights and the whole all-reduced gradient, but the optimizer's parameters are split between
+the ranks (whole tensors, the largest first, each to the rank holding the fewest elements so far); a
+rank steps only its own, then broadcasts their new values to the others. FSDP2 has no optimizer-only mode.
+
 `STRATEGIES` is the one list of strategies; the memory ledger (minift.memory) and the command line read it.
-Stage 1 alone is accounted by the ledger but not trained here (FSDP2 has no optimizer-only mode).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 import minift.training.distributed as dist
@@ -31,13 +36,12 @@ import minift.training.distributed as dist
 
 @dataclass(frozen=True)
 class Strategy:
-    """What one rank keeps a 1/N shard of (ZeRO's stages), and whether minift trains with it."""
+    """What one rank keeps a 1/N shard of (ZeRO's stages), and whether FSDP2 shards the model for it."""
 
     optimizer_state: bool
     gradients: bool
     parameters: bool
-    fsdp: bool  # trained with FSDP2's fully_shard (False: DDP, or not trained)
-    trains: bool = True
+    fsdp: bool  # trained with FSDP2's fully_shard (False: DDP)
 
     @property
     def reshard_after_forward(self) -> bool:
@@ -46,7 +50,7 @@ class Strategy:
 
 STRATEGIES = {
     "ddp": Strategy(optimizer_state=False, gradients=False, parameters=False, fsdp=False),
-    "zero1": Strategy(optimizer_state=True, gradients=False, parameters=False, fsdp=False, trains=False),
+    "zero1": Strategy(optimizer_state=True, gradients=False, parameters=False, fsdp=False),  # DDP + ZeroRedundancyOptimizer
     "zero2": Strategy(optimizer_state=True, gradients=True, parameters=False, fsdp=True),
     "zero3": Strategy(optimizer_state=True, gradients=True, parameters=True, fsdp=True),
     "fsdp": Strategy(optimizer_state=True, gradients=True, parameters=True, fsdp=True),  # FSDP's default: zero3
@@ -105,6 +109,27 @@ def parallelize(model: nn.Module, loss_module: nn.Module, strategy: str, device:
         return dist.wrap(loss_module, device)
     shard_model(model, plan, device)
     return loss_module
+
+
+def shard_optimizer(optimizer: torch.optim.Optimizer, strategy: str) -> torch.optim.Optimizer:
+    """zero1 over several ranks: `optimizer` rebuilt as a ZeroRedundancyOptimizer of the same class over
+    the same parameter groups (each group's dict carries every setting: lr, betas, weight decay), so
+    each rank keeps the state of its partition only. Any other case: `optimizer` as it is.
+    Call it before the first step: the state `optimizer` holds is not carried over."""
+    plan = get_strategy(strategy)
+    if dist.world_size() == 1 or plan.fsdp or not plan.optimizer_state:
+        return optimizer
+    return ZeroRedundancyOptimizer(optimizer.param_groups, type(optimizer))
+
+
+def optimizer_state_dict(optimizer: torch.optim.Optimizer) -> dict | None:
+    """The optimizer's whole state dict (call on every rank). A ZeroRedundancyOptimizer's is consolidated:
+    every rank sends its partition's state to rank 0, which alone gets the dict (None on the others).
+    Under FSDP2 its tensors are still this rank's shards: `gather` them (a collective)."""
+    if not isinstance(optimizer, ZeroRedundancyOptimizer):
+        return optimizer.state_dict()
+    optimizer.consolidate_state_dict(to=0)
+    return optimizer.state_dict() if dist.rank() == 0 else None
 
 
 def is_sharded(model: nn.Module) -> bool:

@@ -15,6 +15,9 @@ snapshot or a best/ directory reads back into one process, and into sharded rank
 its shard of every tensor). The price is that rank 0 holds the whole trainable state in memory while
 writing: right for models that fit one host's memory, which are the ones minift trains;
 torch.distributed.checkpoint (every rank writing its shard) is the tool beyond that.
+Under zero1 (DDP with ZeroRedundancyOptimizer) each rank holds the optimizer state of its partition of
+the parameters: every rank sends it to rank 0, which writes the same files again; on loading, each rank
+takes the state of its own partition from them.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 from safetensors.torch import save_file
 
 import minift.training.distributed as dist
-from minift.training.sharding import gather, shard_like
+from minift.training.sharding import gather, optimizer_state_dict, shard_like
 from minift._files import atomic_write, read_json, read_safetensors, write_json
 
 # Config fields that may differ when a run is resumed: they do not change what is computed.
@@ -127,7 +130,10 @@ def save_snapshot(out: Path, snap: Snapshot, model, optimizer, batches) -> None:
     root = out / "snapshots"
     directory = root / f"step-{snap.step:07d}"
     save_trainable_tensors(model, directory)
-    tensors, optimizer_meta = _split_optimizer_state(optimizer.state_dict())
+    state = optimizer_state_dict(optimizer)  # every rank: zero1 consolidates its partitions to rank 0
+    if state is None:
+        return  # zero1, a rank other than 0
+    tensors, optimizer_meta = _split_optimizer_state(state)
     if dist.rank() != 0:
         return
     for r, states in enumerate(rng_by_rank):

@@ -108,6 +108,3 @@ def test_cli_predicts_one_rank_of_a_config_json_as_json(tmp_path, capsys):
     expected = predict(RunSpec(model_config(str(tmp_path / "config.json")), strategy="zero3", ranks=4, seq_len=17, batch_size=2,
                                optimizer="adamw", loss="fused"))
     assert out["predicted"]["sizes"] == expected.sizes
-    measured_zero1 = [a for a in argv if a not in ("--predict-only", "--json")] + ["--strategy", "zero1"]
-    assert main(measured_zero1) == 2  # minift does not train zero1, so it cannot measure it: said, not guessed
-    assert "predicted only" in capsys.readouterr().err
