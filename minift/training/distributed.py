@@ -8,6 +8,7 @@ function here is the trivial single-process version, so the training loop has on
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 
@@ -23,6 +24,14 @@ def setup() -> None:
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         td.init_process_group(backend="nccl" if cuda else "gloo")
+        # leave the group when the process ends: a rank that exits inside it can abort in gloo's threads
+        # ("terminate called without an active exception"), failing a run that had finished
+        atexit.register(_leave)
+
+
+def _leave() -> None:
+    if td.is_initialized():
+        td.destroy_process_group()
 
 
 def active() -> bool:
