@@ -35,7 +35,8 @@ from collections.abc import Callable
 
 import torch
 
-from ._backend import BACKENDS, interpreter_enabled, select_backend
+from ._backend import interpreter_enabled, select_backend
+from .fused_adamw import check_adamw_arguments
 
 try:
     import triton
@@ -216,16 +217,7 @@ class AdamW8bit(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, *, backend: str | None = None) -> None:
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"Invalid beta parameters: {betas}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if backend not in (None, *BACKENDS):
-            raise ValueError(f"backend must be None, 'triton' or 'torch', got {backend!r}")
+        check_adamw_arguments(lr, betas, eps, weight_decay, backend)
         self.backend = backend
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 

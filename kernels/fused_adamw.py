@@ -263,6 +263,20 @@ def _check_supported(group: dict) -> None:
             raise ValueError(f"FusedAdamW does not support {flag}=True; use torch.optim.AdamW for it")
 
 
+def check_adamw_arguments(lr, betas: tuple[float, float], eps: float, weight_decay: float, backend: str | None) -> None:
+    """Raise ValueError, with torch.optim.AdamW's messages, for a hyperparameter out of range or an unknown backend."""
+    if not 0.0 <= lr:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if not 0.0 <= eps:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+    if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+        raise ValueError(f"Invalid beta parameters: {betas}")
+    if not 0.0 <= weight_decay:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+    if backend not in (None, *BACKENDS):
+        raise ValueError(f"backend must be None, 'triton' or 'torch', got {backend!r}")
+
+
 class FusedAdamW(torch.optim.Optimizer):
     """AdamW whose step updates parameter, first and second moment in one pass (see the module docstring).
 
@@ -303,16 +317,7 @@ class FusedAdamW(torch.optim.Optimizer):
         fused: bool | None = None,
         backend: str | None = None,
     ) -> None:
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"Invalid beta parameters: {betas}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if backend not in (None, *BACKENDS):
-            raise ValueError(f"backend must be None, 'triton' or 'torch', got {backend!r}")
+        check_adamw_arguments(lr, betas, eps, weight_decay, backend)
         self.backend = backend  # an attribute, not a group key: load_state_dict replaces the groups
         defaults = dict(
             lr=lr,
