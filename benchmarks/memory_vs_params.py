@@ -3,6 +3,7 @@
     python -m benchmarks.memory_vs_params            # the full sweep (an hour or more on 2 CPU cores)
     python -m benchmarks.memory_vs_params --quick    # tiny preset + a few GPT-2 small rows, minutes
     python -m benchmarks.memory_vs_params --sizes gpt2-medium --tag gpt2-medium   # one size, its own files
+    python -m benchmarks.memory_vs_params --sizes gpt2 --labels "QLoRA r=8 c_attn" --tag qlora   # some rows only
 
 What is measured. A step is minift.training's: forward and loss (minift.training's default on the device:
 minift.kernels.cross_entropy's reference on CPU, the fused linear cross-entropy on CUDA, unless a row names
@@ -193,6 +194,16 @@ def configs(sizes: list[str], quick: bool, device: str) -> list[Config]:
     return out
 
 
+def select(cfgs: list[Config], labels: list[str] | None) -> list[Config]:
+    """The configurations with one of `labels` (all of them for None); an unknown label is an error."""
+    if labels is None:
+        return cfgs
+    unknown = set(labels) - {c.label for c in cfgs}
+    if unknown:
+        raise ValueError(f"no configuration labelled {sorted(unknown)}; labels: {sorted({c.label for c in cfgs})}")
+    return [c for c in cfgs if c.label in labels]
+
+
 def _row(config: Config, impl: str, measured: dict, prediction=None, tensors_only=None) -> dict:
     """One measured run as a table row; `prediction` (with the BLAS workspace) and `tensors_only` for minift's."""
     spec = config.spec
@@ -318,7 +329,8 @@ def targets_report(rows: list[dict]) -> list[str]:
 
 
 COLORS = {"full": "C0", "full (fused AdamW + fused-linear CE)": "C5", "LoRA c_attn": "C1", "LoRA all-linear": "C2",
-          "prompt tuning": "C3", "selective": "C4", "LoRA c_attn, fused-linear + checkpointing": "C6"}
+          "prompt tuning": "C3", "selective": "C4", "LoRA c_attn, fused-linear + checkpointing": "C6",
+          "full + 8-bit AdamW": "C7", "QLoRA c_attn": "C8"}
 
 
 def plot_params(rows: list[dict], path) -> None:
@@ -406,10 +418,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", nargs="+", help="model presets (default: tiny gpt2 gpt2-medium; quick: tiny)")
     parser.add_argument("--no-peer", action="store_true", help="skip transformers + peft")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--labels", nargs="+", help="measure only the configurations with these labels (with --tag)")
     parser.add_argument("--tag", help="appended to the result files' names, e.g. for a sweep of some sizes only")
     args = parser.parse_args(argv)
     sizes = args.sizes or (["tiny"] if args.quick else ["tiny", "gpt2", "gpt2-medium"])
-    cfgs = configs(sizes, args.quick, args.device)
+    cfgs = select(configs(sizes, args.quick, args.device), args.labels)
     print(f"{len(cfgs)} configurations on {device_name(args.device)}", flush=True)
     t0 = time.perf_counter()
     rows = run_all(cfgs, not args.no_peer, log=lambda line: print(line, flush=True))

@@ -2,9 +2,12 @@
 minift's rows with the peer's for the ratios, how it judges the targets, and that the peer's step
 trains the same parameters with the same optimizer as minift's."""
 
+import json
+from pathlib import Path
+
 import pytest
 
-from benchmarks.memory_vs_params import _add_ratios, build_peer_step, configs, targets_report
+from benchmarks.memory_vs_params import _add_ratios, build_peer_step, configs, select, targets_report
 from minift.memory import RunSpec, build_minift_step, measure_categories
 from minift.model import GPTConfig
 from minift.peft import LoraConfig, PromptTuningConfig, SelectiveConfig
@@ -24,6 +27,16 @@ def test_configs_measure_the_training_default_and_name_every_other_loss():
     for c in cfgs:  # a row that names no loss runs the default; a label that names one runs it
         named = "torch loss" in c.label or "fused" in c.label
         assert named or c.spec.loss == "fused", c.label
+
+
+def test_select_keeps_the_labelled_configurations_and_names_an_unknown_label():
+    cfgs = configs(["tiny"], quick=True, device="cpu")
+    chosen = select(cfgs, ["full, adamw8bit", "QLoRA r=8 c_attn"])
+    assert [(c.label, c.spec.optimizer, getattr(c.spec.peft, "quantize", None)) for c in chosen] == [
+        ("full, adamw8bit", "adamw8bit", None), ("QLoRA r=8 c_attn", "adamw", "nf4")]
+    assert select(cfgs, None) == cfgs
+    with pytest.raises(ValueError, match="QLoRA r=9"):
+        select(cfgs, ["QLoRA r=9 c_attn"])
 
 
 def _row(impl, label, above, checkpointing=False, labels="lm", batch=4, seq=256, model="gpt2"):
@@ -82,3 +95,15 @@ def test_peer_step_trains_the_same_parameters_with_the_same_optimizer(peft):
     for category in ("weights_frozen", "weights_trainable", "gradients", "optimizer_state"):
         assert ours[category] == theirs[category], category
     assert ours["activations"] > 0 and theirs["activations"] > 0
+
+
+def test_the_quantized_rows_are_predicted_within_10_percent_and_the_readme_quotes_them():
+    root = Path(__file__).resolve().parents[2]
+    rows = json.loads((root / "benchmarks" / "results" / "memory_vs_params_cpu-2-cores_quantized.json").read_text())["rows"]
+    readme = (root / "README.md").read_text()
+    names = {"full, adamw8bit": "full + 8-bit AdamW", "QLoRA r=8 c_attn": "QLoRA r=8 `c_attn` (NF4 base)"}
+    assert sorted(r["label"] for r in rows) == sorted(names)
+    for r in rows:
+        assert abs(r["predicted_error_pct"]) <= 10, r["label"]
+        line = f"| {names[r['label']]} | {r['trainable_params']:,} | {r['predicted_peak_mib']:.1f} | {r['peak_mib']:.1f} | (no peer) |"
+        assert line in readme, line
