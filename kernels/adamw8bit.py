@@ -36,7 +36,7 @@ from collections.abc import Callable
 import torch
 
 from ._backend import interpreter_enabled, select_backend
-from .fused_adamw import check_adamw_arguments
+from .fused_adamw import check_adamw_arguments, closure_loss
 
 try:
     import triton
@@ -224,10 +224,7 @@ class AdamW8bit(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One step for every parameter that has a gradient; returns the closure's loss, if any."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:

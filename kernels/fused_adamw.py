@@ -277,6 +277,14 @@ def check_adamw_arguments(lr, betas: tuple[float, float], eps: float, weight_dec
         raise ValueError(f"backend must be None, 'triton' or 'torch', got {backend!r}")
 
 
+def closure_loss(closure: Callable[[], float] | None) -> float | None:
+    """The loss a `step(closure)` returns: the closure re-evaluated with gradients on (under step's no_grad), or None."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class FusedAdamW(torch.optim.Optimizer):
     """AdamW whose step updates parameter, first and second moment in one pass (see the module docstring).
 
@@ -341,10 +349,7 @@ class FusedAdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One AdamW step for every parameter that has a gradient; returns the closure's loss, if any."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             _check_supported(group)  # again: a loaded state_dict may have set a flag
             buckets: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}

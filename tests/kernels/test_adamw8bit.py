@@ -6,18 +6,12 @@ import io
 
 import pytest
 import torch
+from kernel_backends import BACKENDS, DEVICE, assert_refuses_bad_inputs, requires_triton
 
-from minift.kernels._backend import interpreter_enabled, triton_available
 from minift.kernels.adamw8bit import (
     BLOCK, QUANTIZED_STATE, SIGNED_MAP, UNSIGNED_MAP, AdamW8bit, adamw8bit_launch_config, dynamic_map, state_nbytes,
 )
 
-DEVICE = "cuda" if torch.cuda.is_available() and not interpreter_enabled() else "cpu"
-requires_triton = pytest.mark.skipif(
-    not triton_available() or (DEVICE == "cpu" and not interpreter_enabled()),
-    reason="needs triton, and TRITON_INTERPRET=1 on a CPU",
-)
-BACKENDS = ["torch", pytest.param("triton", marks=requires_triton)]
 # A scalar, 7, one block, one past a block, 31 x 123 (two blocks, the last partial), a 3-D tensor.
 SHAPES = [(), (7,), (BLOCK,), (BLOCK + 1,), (31, 123), (3, 5, 2)]
 
@@ -195,18 +189,7 @@ def test_state_is_two_bytes_per_parameter():
 
 
 def test_bad_input_raises():
-    p = torch.zeros(3, requires_grad=True)
-    with pytest.raises(ValueError, match="backend"):
-        AdamW8bit([p], backend="cuda")
-    with pytest.raises(ValueError, match="learning rate"):
-        AdamW8bit([p], lr=-1.0)
-    p.grad = torch.zeros(3).to_sparse()
-    with pytest.raises(RuntimeError, match="sparse"):
-        AdamW8bit([p]).step()
-    double = torch.zeros(3, dtype=torch.float64, requires_grad=True)
-    double.grad = torch.zeros(3, dtype=torch.float64)
-    with pytest.raises(TypeError, match="float64"):
-        AdamW8bit([double]).step()
+    assert_refuses_bad_inputs(AdamW8bit)
 
 
 def test_matches_bitsandbytes():

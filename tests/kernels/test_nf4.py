@@ -4,19 +4,13 @@ layer's gradients, and torchao's NF4Tensor as a peer."""
 
 import pytest
 import torch
+from kernel_backends import BACKENDS, DEVICE, requires_triton
 
-from minift.kernels._backend import interpreter_enabled, triton_available
 from minift.kernels.nf4 import (
     BLOCK, NF4_CODES, SCALE_BLOCK, dequantize_launch_config, dequantize_nf4, nf4_linear, nf4_nbytes,
     normal_float_codes, quantize_nf4,
 )
 
-DEVICE = "cuda" if torch.cuda.is_available() and not interpreter_enabled() else "cpu"
-requires_triton = pytest.mark.skipif(
-    not triton_available() or (DEVICE == "cpu" and not interpreter_enabled()),
-    reason="needs triton, and TRITON_INTERPRET=1 on a CPU",
-)
-BACKENDS = ["torch", pytest.param("triton", marks=requires_triton)]
 # The NF4 values printed in the QLoRA paper's appendix (bitsandbytes' create_normal_map), to 16 digits.
 PUBLISHED_NF4 = [
     -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,

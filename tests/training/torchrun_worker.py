@@ -29,7 +29,7 @@ from minift.training.sharding import gather
 
 
 class Stopped(Exception):
-    pass
+    """Raised by DiesAt(hard=False): a run stopped mid-way that the same launch then resumes."""
 
 
 class DiesAt(Batches):
