@@ -28,3 +28,18 @@ def assert_refuses_bad_inputs(optimizer_class) -> None:
     double.grad = torch.zeros(3, dtype=torch.float64)
     with pytest.raises(TypeError, match="float64"):
         optimizer_class([double]).step()
+
+
+def assert_step_returns_the_closures_loss(optimizer_class) -> None:
+    """step(closure) re-evaluates the loss with gradients on (step itself runs under no_grad) and returns it."""
+    p = torch.ones(3, requires_grad=True)
+    optimizer = optimizer_class([p], backend="torch")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (p * p).sum()
+        loss.backward()  # would raise under no_grad: nothing requires grad there
+        return loss
+
+    loss = optimizer.step(closure)
+    assert float(loss) == 3.0 and p.grad is not None and optimizer.step() is None

@@ -6,7 +6,7 @@ import io
 
 import pytest
 import torch
-from kernel_backends import BACKENDS, DEVICE, assert_refuses_bad_inputs, requires_triton
+from kernel_backends import BACKENDS, DEVICE, assert_refuses_bad_inputs, assert_step_returns_the_closures_loss, requires_triton
 
 from minift.kernels.adamw8bit import (
     BLOCK, QUANTIZED_STATE, SIGNED_MAP, UNSIGNED_MAP, AdamW8bit, adamw8bit_launch_config, dynamic_map, state_nbytes,
@@ -222,3 +222,7 @@ def test_matches_bitsandbytes():
         absmax = torch.nn.functional.pad(flat, (0, -flat.numel() % block)).view(-1, block).amax(1)
         bound = (1 + SIGNED_MAP[0]) * absmax.repeat_interleave(block)[: flat.numel()] * slack
         assert ((stored - exact).abs() <= bound + 1e-9).all()
+
+
+def test_step_returns_the_closures_loss():
+    assert_step_returns_the_closures_loss(AdamW8bit)

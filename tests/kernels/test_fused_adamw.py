@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kernel_backends import BACKENDS, DEVICE, assert_refuses_bad_inputs, requires_triton
+from kernel_backends import BACKENDS, DEVICE, assert_refuses_bad_inputs, assert_step_returns_the_closures_loss, requires_triton
 
 from minift.kernels.fused_adamw import BLOCK_SIZE, FusedAdamW
 
@@ -305,3 +305,7 @@ def test_a_misaligned_tensor_gets_its_own_launch(monkeypatch):
     torch.optim.AdamW(reference).step()
     assert launches == [(True, 2), (False, 1)]
     torch.testing.assert_close(params, reference, **FP32)
+
+
+def test_step_returns_the_closures_loss():
+    assert_step_returns_the_closures_loss(FusedAdamW)
