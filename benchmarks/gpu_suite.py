@@ -91,7 +91,7 @@ def cases(quick: bool) -> list[dict]:
                 found.append(dict(group="adamw", name=f"adamw {case} {dtype} {variant}", case=case, variant=variant,
                                   dtype=dtype, numel=numel, tensors=len(case_shapes), quick=quick,
                                   bytes=numel * (4 + 3) * DTYPES[dtype].itemsize))  # read p g m v, write p m v
-    model, B, T = ("tiny", 2, 64) if quick else ("gpt2", 4, 1024)
+    model, B, T = ("tiny-m", 2, 64) if quick else ("gpt2", 4, 1024)
     config = model_config(model)
     params = sum(p.numel() for p in meta_model(RunSpec(config)).parameters())
     # 6 FLOPs per parameter per token (forward 2, backward 4), plus attention's scores and values:

@@ -146,11 +146,11 @@ def configs(sizes: list[str], quick: bool, device: str) -> list[Config]:
     """The sweep: every method at every size (GPT-2 medium: a few), the batch x sequence sweep at the
     key size (GPT-2 small; the tiny preset with --quick), and the default allocators on a subset."""
     out = []
-    key_size = "tiny" if quick else "gpt2"
+    key_size = "tiny-m" if quick else "gpt2"
     for size in sizes:
         run = functools.partial(RunSpec, model_config(size), batch_size=BATCH, seq_len=SEQ, device=device,
                                 loss=default_loss(device))
-        key, medium = size == key_size, size not in ("tiny", "gpt2")
+        key, medium = size == key_size, size not in ("tiny-m", "gpt2")
         c_attn = C_ATTN_RANKS if key and not quick else (1, 8, 64)
         all_linear = ALL_LINEAR_RANKS if key and not quick else (8,)
         if medium:  # GPT-2 medium: a few points, as memory allows (24 GiB, shared)
@@ -232,7 +232,7 @@ def _row(config: Config, impl: str, measured: dict, prediction=None, tensors_onl
 
 def _size_name(spec: RunSpec) -> str:
     m = spec.model
-    for name in ("tiny", "gpt2", "gpt2-medium", "gpt2-large"):
+    for name in ("tiny-m", "gpt2", "gpt2-medium", "gpt2-large"):
         if dataclasses.asdict(model_config(name)) == dataclasses.asdict(m):
             return name
     return f"L{m.n_layer}-C{m.n_embd}"
@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--labels", nargs="+", help="measure only the configurations with these labels (with --tag)")
     parser.add_argument("--tag", help="appended to the result files' names, e.g. for a sweep of some sizes only")
     args = parser.parse_args(argv)
-    sizes = args.sizes or (["tiny"] if args.quick else ["tiny", "gpt2", "gpt2-medium"])
+    sizes = args.sizes or (["tiny-m"] if args.quick else ["tiny-m", "gpt2", "gpt2-medium"])
     cfgs = select(configs(sizes, args.quick, args.device), args.labels)
     print(f"{len(cfgs)} configurations on {device_name(args.device)}", flush=True)
     t0 = time.perf_counter()
@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:  # the peers are optional (the test extra); the minift rows stand alone
         pass
     json_path, csv_path = write_results(name, rows, meta)
-    key = "tiny" if args.quick else ("gpt2" if "gpt2" in sizes else sizes[0])
+    key = "tiny-m" if args.quick else ("gpt2" if "gpt2" in sizes else sizes[0])
     pngs = [RESULTS / f"{name}.png", RESULTS / f"{name.replace('memory_vs_params', 'memory_ledger')}.png",
             RESULTS / f"{name.replace('memory_vs_params', 'memory_batch_seq')}.png"]
     plot_params(rows, pngs[0])

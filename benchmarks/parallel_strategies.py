@@ -30,7 +30,7 @@ FINETUNES = ("ddp", "zero1", "fsdp")
 def memory_rows() -> list[dict]:
     rows = []
     for strategy, ranks in CASES:
-        spec = RunSpec(model_config("tiny"), optimizer="adamw", loss="fused", strategy=strategy, ranks=ranks,
+        spec = RunSpec(model_config("tiny-m"), optimizer="adamw", loss="fused", strategy=strategy, ranks=ranks,
                        batch_size=2, seq_len=64)
         prediction = predict(spec)
         measured = measure_ranks(spec) if ranks > 1 else measure(spec)

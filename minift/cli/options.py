@@ -17,6 +17,7 @@ import types
 import typing
 
 from minift.data import TRUNCATIONS
+from minift.model import TINY_SIZES
 from minift.memory import DTYPES, PRECISIONS, RunSpec
 from minift.peft import METHODS, PEFT_CONFIGS, PROMPT_INITS, LoraConfig, PromptTuningConfig, SelectiveConfig, check_method
 from minift.training import LOSSES, NONFINITE, OPTIMIZERS, SELECTIONS, STRATEGIES, TrainConfig
@@ -25,7 +26,7 @@ from minift.training import LOSSES, NONFINITE, OPTIMIZERS, SELECTIONS, STRATEGIE
 CHOICES = {
     "method": METHODS, "methods": METHODS, "loss": ("auto", *LOSSES), "optimizer": ("auto", *OPTIMIZERS),
     "truncation": TRUNCATIONS, "dtype": tuple(DTYPES), "init": PROMPT_INITS, "select_by": SELECTIONS,
-    "strategy": tuple(STRATEGIES), "precision": PRECISIONS, "on_nonfinite": NONFINITE,
+    "strategy": tuple(STRATEGIES), "precision": PRECISIONS, "on_nonfinite": NONFINITE, "size": tuple(TINY_SIZES),
 }
 # Flag names that differ from the field's: shorter forms kept from earlier versions, and names that would
 # otherwise be ambiguous on a command line that mixes several dataclasses.

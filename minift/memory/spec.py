@@ -112,7 +112,7 @@ class RunSpec:
 
 
 def model_config(name_or_dir: str) -> GPTConfig:
-    """A preset's config ("tiny", "gpt2", ...), a checkpoint directory's or a config.json's, with dropout 0."""
+    """A preset's config ("tiny-m", "gpt2", ...), a checkpoint directory's or a config.json's, with dropout 0."""
     path = Path(name_or_dir)
     if path.is_dir() or path.suffix == ".json":
         file = path / "config.json" if path.is_dir() else path

@@ -8,10 +8,12 @@ checkpoints in Hugging Face's layout (config.json + model.safetensors + the toke
 `gpt` imports nothing from minift; `decoding` and `pretrained` import it, never the reverse.
 """
 
-from minift.model.gpt import GPT, GPT2_SIZES, GPTConfig, KVCache, check_context
+from minift.model.gpt import GPT, GPT2_SIZES, TINY_SIZES, GPTConfig, KVCache, check_context
 from minift.model.decoding import generate
 from minift.model.pretrained import (
+    BASE_MODELS,
     BUILTIN_BASE,
+    DEFAULT_BASE,
     config_from_hf,
     config_to_hf,
     load_gpt2,
@@ -21,6 +23,6 @@ from minift.model.pretrained import (
 )
 
 __all__ = [
-    "BUILTIN_BASE", "GPT", "GPT2_SIZES", "GPTConfig", "KVCache", "check_context",
+    "BASE_MODELS", "BUILTIN_BASE", "DEFAULT_BASE", "GPT", "GPT2_SIZES", "TINY_SIZES", "GPTConfig", "KVCache", "check_context",
     "config_from_hf", "config_to_hf", "generate", "load_gpt2", "load_model", "save_gpt2", "save_model",
 ]

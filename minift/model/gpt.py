@@ -26,6 +26,15 @@ GPT2_SIZES = {
     "gpt2-large": (36, 20, 1280),
     "gpt2-xl": (48, 25, 1600),
 }
+# The family of base models minift pretrains on its built-in corpus with one recipe, spanning about
+# 20x in parameters (0.15M, 1.0M, 3.0M with the corpus's 1404-token vocabulary), so that what changes
+# with model size (in-context learning, examples needed) can be measured; the 2-core pretraining
+# time of the largest bounds the top of the range.
+TINY_SIZES = {
+    "tiny-s": (2, 2, 48),
+    "tiny-m": (4, 4, 128),
+    "tiny-l": (6, 6, 192),
+}
 
 
 @dataclass
@@ -55,18 +64,19 @@ class GPTConfig:
 
     @classmethod
     def from_name(cls, name: str, **overrides) -> GPTConfig:
-        """A named preset: "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", or "tiny".
+        """A named preset: one of GPT2_SIZES ("gpt2", ...) or TINY_SIZES ("tiny-s", "tiny-m", "tiny-l").
 
-        "tiny" is the laptop model minift pretrains itself (about 1M parameters): a 2048-token BPE
-        vocabulary trained on the built-in corpus, 4 layers of width 128, a 512-token context.
+        The tiny sizes are the laptop models minift pretrains itself: a 2048-token BPE vocabulary
+        trained on the built-in corpus and a 512-token context, at three depths and widths.
         """
-        if name == "tiny":
-            preset = dict(vocab_size=2048, block_size=512, n_layer=4, n_head=4, n_embd=128)
+        if name in TINY_SIZES:
+            n_layer, n_head, n_embd = TINY_SIZES[name]
+            preset = dict(vocab_size=2048, block_size=512, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
         elif name in GPT2_SIZES:
             n_layer, n_head, n_embd = GPT2_SIZES[name]
             preset = dict(vocab_size=50257, block_size=1024, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
         else:
-            raise ValueError(f"unknown model preset {name!r}; choose from {sorted([*GPT2_SIZES, 'tiny'])}")
+            raise ValueError(f"unknown model preset {name!r}; choose from {[*TINY_SIZES, *GPT2_SIZES]}")
         return cls(**{**preset, **overrides})
 
 

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from minift._files import atomic_write, read_json, read_safetensors, write_json
-from minift.model.gpt import GPT, GPTConfig
+from minift.model.gpt import GPT, TINY_SIZES, GPTConfig
 from minift.tokenizer import Tokenizer
 
 # Hugging Face GPT-2 keys whose weight is stored transposed (Conv1D: (in, out)).
@@ -179,20 +179,27 @@ def save_gpt2(model: GPT, path, eot_id: int | None = None) -> None:
     write_json(path / "config.json", config_to_hf(model.config, eot_id))
 
 
-# The tiny base model minift pretrains on its built-in corpus (`minift pretrain`), shipped with the
-# package so everything that uses it starts in seconds; assets/tiny-base/pretrain.json says how it was made.
-BUILTIN_BASE = Path(__file__).parent.parent / "assets" / "tiny-base"
+# The family of base models minift pretrains on its built-in corpus (`minift pretrain --size NAME`),
+# shipped with the package so everything that uses them starts in seconds; each one's pretrain.json
+# says how it was made. One corpus, tokenizer and recipe; only the depth and width differ (TINY_SIZES).
+BASE_MODELS = tuple(TINY_SIZES)
+DEFAULT_BASE = "tiny-m"  # the middle size: what every recipe, notebook and command uses unless told
+ASSETS = Path(__file__).parent.parent / "assets"
+BUILTIN_BASE = ASSETS / DEFAULT_BASE
 
 
 def load_model(path=None, **overrides) -> tuple[GPT, Tokenizer]:
-    """A model and its tokenizer from one checkpoint directory (None: the built-in tiny base model).
+    """A model and its tokenizer: one of BASE_MODELS by name, or one checkpoint directory.
 
-    The directory holds config.json + model.safetensors and the tokenizer (tokenizer.json, or
-    GPT-2's vocab.json + merges.txt): a real GPT-2 downloaded once from Hugging Face works as it is.
+    None loads DEFAULT_BASE. A directory holds config.json + model.safetensors and the tokenizer
+    (tokenizer.json, or GPT-2's vocab.json + merges.txt): a real GPT-2 downloaded once from
+    Hugging Face works as it is.
     """
-    path = BUILTIN_BASE if path is None else Path(path)
-    if path == BUILTIN_BASE and not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"the built-in base model is missing from {path}; build it with `minift pretrain`")
+    name = DEFAULT_BASE if path is None else str(path)
+    path = ASSETS / name if name in BASE_MODELS else Path(path)
+    if name in BASE_MODELS and not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"the built-in base model {name!r} is missing from {path}; "
+                                f"build it with `minift pretrain --size {name} --out {path}`")
     model = load_gpt2(path, **overrides)
     tokenizer = Tokenizer.from_dir(path)
     if tokenizer.vocab_size > model.config.vocab_size:

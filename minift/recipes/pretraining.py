@@ -8,7 +8,7 @@ whose labels are its own ids. The training loop, snapshots and logs are the fine
     minift pretrain --out runs/base
 
 builds a tokenizer and weights like those that ship with minift as its default base model
-(minift/assets/tiny-base, made with the defaults), and records in pretrain.json how they were made
+(minift/assets/tiny-m, made with the defaults), and records in pretrain.json how they were made
 (the README gives the time it took).
 """
 
@@ -40,7 +40,7 @@ class PretrainConfig:
     out: str = "runs/base"  # where the model, tokenizer and pretrain.json go
     n_documents: int = 8000  # corpus size (the generator's documents); ~3.6 MB of text
     vocab_size: int = 2048  # enough for the world's few hundred words plus their inflections
-    model: str = "tiny"  # a GPTConfig preset
+    size: str = "tiny-m"  # the base model's depth and width, one of TINY_SIZES
     block_size: int = 512  # train on full-length blocks so every position embedding is learned
     val_fraction: float = 0.02  # share of the packed blocks held out for validation
     seed: int = 0  # the corpus, the initialisation and the data order
@@ -83,7 +83,7 @@ def _pretrain(config: PretrainConfig, work: Path, t0: float) -> tuple[GPT, Token
     t_data = time.perf_counter() - t0
 
     torch.manual_seed(config.seed)
-    model_config = GPTConfig.from_name(config.model, vocab_size=tokenizer.vocab_size, block_size=config.block_size)
+    model_config = GPTConfig.from_name(config.size, vocab_size=tokenizer.vocab_size, block_size=config.block_size)
     model = GPT(model_config)
     batches = Batches(train_blocks, config.train.batch_size, tokenizer.pad_id, seed=config.seed)
     result = train(model, batches, val_blocks, tokenizer.pad_id, dataclasses.replace(config.train, out_dir=str(train_dir)))
@@ -117,4 +117,5 @@ def _pretrain(config: PretrainConfig, work: Path, t0: float) -> tuple[GPT, Token
 
 def _flags(config: PretrainConfig) -> dict:
     """The command-line flags that reproduce `config` (see minift/cli's pretrain parser)."""
-    return {"out": config.out, "n-documents": config.n_documents, "steps": config.train.max_steps, "seed": config.seed}
+    return {"out": config.out, "size": config.size, "n-documents": config.n_documents, "steps": config.train.max_steps,
+            "seed": config.seed}

@@ -17,7 +17,7 @@ TRACKING = "tracking (MALLOC_MMAP_THRESHOLD_=65536, MKL_DISABLE_FAST_MM=1)"
 
 
 def test_configs_measure_the_training_default_and_name_every_other_loss():
-    cfgs = configs(["tiny"], quick=True, device="cpu")
+    cfgs = configs(["tiny-m"], quick=True, device="cpu")
     by_label = {(c.label, c.spec.batch_size, c.spec.seq_len): c for c in cfgs}
     assert len(by_label) == len(cfgs), "each (label, batch, seq) is measured once"
     assert by_label["full", 4, 256].spec.loss == default_loss("cpu") == "fused"
@@ -30,7 +30,7 @@ def test_configs_measure_the_training_default_and_name_every_other_loss():
 
 
 def test_select_keeps_the_labelled_configurations_and_names_an_unknown_label():
-    cfgs = configs(["tiny"], quick=True, device="cpu")
+    cfgs = configs(["tiny-m"], quick=True, device="cpu")
     chosen = select(cfgs, ["full, adamw8bit", "QLoRA r=8 c_attn"])
     assert [(c.label, c.spec.optimizer, getattr(c.spec.peft, "quantize", None)) for c in chosen] == [
         ("full, adamw8bit", "adamw8bit", None), ("QLoRA r=8 c_attn", "adamw", "nf4")]

@@ -277,7 +277,7 @@ def test_cli_prints_the_ledger_for_a_preset_and_a_checkpoint(tmp_path, capsys):
     from minift.cli import main
     from minift.model import GPT
 
-    assert main(["memory", "--model", "tiny", "--method", "lora", "--rank", "8", "--batch", "2", "--seq", "32"]) == 0
+    assert main(["memory", "--model", "tiny-m", "--method", "lora", "--rank", "8", "--batch", "2", "--seq", "32"]) == 0
     out, err = capsys.readouterr()
     assert "measuring the step in a fresh process" in err  # the progress bar says what takes the time
     for text in ("weights, frozen", "activations saved for backward", "logits and loss buffers", "peak of the step",
@@ -294,11 +294,11 @@ def test_cli_prints_the_ledger_for_a_preset_and_a_checkpoint(tmp_path, capsys):
 def test_cli_predict_only_explains_every_saved_tensor(capsys):
     from minift.cli import main
 
-    assert main(["memory", "--model", "tiny", "--predict-only", "--explain", "--batch", "1", "--seq", "8", "--loss", "torch"]) == 0
+    assert main(["memory", "--model", "tiny-m", "--predict-only", "--explain", "--batch", "1", "--seq", "8", "--loss", "torch"]) == 0
     out = capsys.readouterr().out
     assert "h.0 attention logsumexp (fp32)" in out and "log-softmax (N, V) fp32" in out
     # the default loss on CPU is the fused cross-entropy: no log-softmax, the gradient kept in the logits' place
-    assert main(["memory", "--model", "tiny", "--predict-only", "--explain", "--batch", "1", "--seq", "8"]) == 0
+    assert main(["memory", "--model", "tiny-m", "--predict-only", "--explain", "--batch", "1", "--seq", "8"]) == 0
     out = capsys.readouterr().out
     assert "fused loss" in out and "gradient written over the logits (N, V)" in out and "log-softmax" not in out
-    assert model_config("tiny").dropout == 0.0
+    assert model_config("tiny-m").dropout == 0.0

@@ -10,7 +10,7 @@ from minift.memory import RunSpec, measure_ranks, model_config, predict
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["zero3", "zero1"])
 def test_each_ranks_measured_peak_is_predicted_within_10_percent(strategy):
-    spec = RunSpec(model_config("tiny"), optimizer="adamw", loss="fused", strategy=strategy, ranks=2, batch_size=2, seq_len=64)
+    spec = RunSpec(model_config("tiny-m"), optimizer="adamw", loss="fused", strategy=strategy, ranks=2, batch_size=2, seq_len=64)
     predicted = predict(spec).peak.total
     measured = measure_ranks(spec)
     assert len(measured["ranks"]) == 2

@@ -41,7 +41,7 @@ def test_untied_head_is_counted():
 
 
 def test_tiny_preset_and_overrides():
-    config = GPTConfig.from_name("tiny", dropout=0.1)
+    config = GPTConfig.from_name("tiny-m", dropout=0.1)
     assert (config.n_layer, config.n_embd, config.dropout) == (4, 128, 0.1)
     with pytest.raises(ValueError, match="unknown model preset 'gpt3'"):
         GPTConfig.from_name("gpt3")
