@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 # the tokenizer and the model
 from minift.tokenizer import Tokenizer
-from minift.model import BASE_MODELS, BUILTIN_BASE, DEFAULT_BASE, GPT, GPTConfig, KVCache, generate, load_gpt2, load_model, save_gpt2, save_model
+from minift.model import BASE_MODELS, BUILTIN_BASE, DEFAULT_BASE, GPT, TINY_SIZES, GPTConfig, KVCache, generate, load_gpt2, load_model, save_gpt2, save_model
 
 # data: records, templates, tokens, batches, few-shot prompts
 from minift.data import (
@@ -93,7 +93,7 @@ from minift.recipes import (
 )
 
 __all__ = [
-    "ALPACA_FORMAT", "ALPACA_TEMPLATE", "BASE_MODELS", "BUILTIN_BASE", "DEFAULT_BASE", "LOSSES", "METHODS", "OPTIMIZERS", "TASKS",
+    "ALPACA_FORMAT", "ALPACA_TEMPLATE", "BASE_MODELS", "BUILTIN_BASE", "DEFAULT_BASE", "LOSSES", "METHODS", "OPTIMIZERS", "TASKS", "TINY_SIZES",
     "Batches", "CompareConfig", "CorpusConfig", "EvalResult", "ExperimentConfig", "FinetuneConfig", "GPT",
     "GPTConfig", "InstructionFormat", "KVCache", "LoRALinear", "LoraConfig", "MixtureBatches", "Prediction",
     "PretrainConfig", "PromptTemplate", "PromptTuningConfig", "PromptTuningModel", "RunSpec", "SelectiveConfig",

@@ -44,7 +44,7 @@ from minift.data.tokenized import (
     tokenize_examples,
 )
 from minift.data.batches import Batches, ExampleOrder, MixtureBatches, collate, sequential_batches
-from minift.data.icl import FewShotPrompt, choose_shots, few_shot_prompt, few_shot_text
+from minift.data.icl import FewShotPrompt, choose_shots, few_shot_prompt, few_shot_text, max_shots
 
 # one run's data: a task as tokenized splits
 from minift.data.task_data import OWN_DATA_EXAMPLE, TaskData, load_task_data
@@ -54,7 +54,7 @@ __all__ = [
     "Batches", "ContextLengthError", "CorpusConfig", "DataFileError", "Example", "FileRecord", "ExampleOrder", "FewShotPrompt",
     "InstructionFormat", "LengthStats", "MixtureBatches", "PromptTemplate", "Splits", "Task", "TaskData",
     "TemplateError", "TemplateLibrary", "TokenizedExample", "World",
-    "choose_shots", "collate", "few_shot_prompt", "few_shot_text", "generate_corpus", "get_task", "is_data_file",
+    "choose_shots", "collate", "few_shot_prompt", "few_shot_text", "max_shots", "generate_corpus", "get_task", "is_data_file",
     "length_stats", "load_alpaca", "load_csv", "load_json", "load_jsonl", "load_records", "load_task_data", "normalize", "pack",
     "sequential_batches", "shifted_targets", "split_records", "tokenize_example", "tokenize_examples",
 ]

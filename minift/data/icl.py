@@ -70,6 +70,19 @@ def choose_shots(examples: Sequence[Example], k: int, seed: int) -> list[Example
     return [examples[i] for i in random.Random(f"shots:{seed}").sample(range(len(examples)), k)]
 
 
+def max_shots(tokenizer: Tokenizer, queries: Sequence[Example], pool: Sequence[Example], max_length: int,
+              fmt: InstructionFormat = ALPACA_FORMAT) -> int:
+    """The most shots from `pool` that every query's prompt fits in `max_length`, whichever shots are drawn.
+
+    A shot's ids do not depend on its neighbours (each starts after a newline, where the
+    pre-tokenizer starts a new pre-token), so k shots take at most k times the longest one.
+    """
+    longest_shot = max(len(tokenizer.encode(fmt.format_prompt(s.prompt) + s.completion + SHOT_SEPARATOR)) for s in pool)
+    longest_query = max(len(tokenizer.encode(fmt.format_prompt(q.prompt))) + len(tokenizer.encode(q.completion)) + 1
+                        for q in queries)  # + end-of-text
+    return min(len(pool), max(0, (max_length - longest_query) // longest_shot))
+
+
 def few_shot_prompt(
     tokenizer: Tokenizer,
     query: Example,

@@ -11,6 +11,7 @@ checkpoints in Hugging Face's layout (config.json + model.safetensors + the toke
 from minift.model.gpt import GPT, GPT2_SIZES, TINY_SIZES, GPTConfig, KVCache, check_context
 from minift.model.decoding import generate
 from minift.model.pretrained import (
+    ASSETS,
     BASE_MODELS,
     BUILTIN_BASE,
     DEFAULT_BASE,
@@ -23,6 +24,6 @@ from minift.model.pretrained import (
 )
 
 __all__ = [
-    "BASE_MODELS", "BUILTIN_BASE", "DEFAULT_BASE", "GPT", "GPT2_SIZES", "TINY_SIZES", "GPTConfig", "KVCache", "check_context",
+    "ASSETS", "BASE_MODELS", "BUILTIN_BASE", "DEFAULT_BASE", "GPT", "GPT2_SIZES", "TINY_SIZES", "GPTConfig", "KVCache", "check_context",
     "config_from_hf", "config_to_hf", "generate", "load_gpt2", "load_model", "save_gpt2", "save_model",
 ]

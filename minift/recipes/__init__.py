@@ -6,6 +6,7 @@ fine-tuning with PEFT, and the experiments behind the course's claims.
 """
 
 from minift.recipes.tables import format_table
+from minift.recipes.claims import Claim, claims_table
 from minift.recipes.finetuning import DEFAULT_LR, FinetuneConfig, default_train_config, finetune
 from minift.recipes.pretraining import PretrainConfig, pretrain
 from minift.recipes.comparison import CompareConfig, compare, format_rows
@@ -13,6 +14,6 @@ from minift.recipes.experiments import EXPERIMENTS, ExperimentConfig, run_experi
 
 __all__ = [
     "DEFAULT_LR", "EXPERIMENTS",
-    "CompareConfig", "ExperimentConfig", "FinetuneConfig", "PretrainConfig",
-    "compare", "default_train_config", "finetune", "format_rows", "format_table", "pretrain", "run_experiments",
+    "Claim", "CompareConfig", "ExperimentConfig", "FinetuneConfig", "PretrainConfig",
+    "claims_table", "compare", "default_train_config", "finetune", "format_rows", "format_table", "pretrain", "run_experiments",
 ]

@@ -25,10 +25,11 @@ from pathlib import Path
 
 from minift._files import claim_outputs, write_table
 from minift._plots import pyplot, save_figure
-from minift.data import TASKS, CorpusConfig, generate_corpus, pack
+from minift.data import ALPACA_FORMAT, TASKS, CorpusConfig, InstructionFormat, generate_corpus, pack
 from minift.evaluation import evaluate, evaluate_task
-from minift.model import load_model
+from minift.model import BASE_MODELS, load_model
 from minift.peft import LoraConfig, disable_adapters, load_adapter, load_trainable, set_adapter
+from minift.recipes.claims import Claim, average, binomial_stderr, difference
 from minift.recipes.finetuning import FinetuneConfig, default_train_config, finetune
 from minift.recipes.tables import format_table
 from minift.training import read_metrics
@@ -36,9 +37,10 @@ from minift.training import read_metrics
 @dataclass
 class ExperimentConfig:
     out: str = "runs/experiments"  # where each experiment's CSV, JSON and PNG (and its runs/) go
-    base: str | None = None  # a base checkpoint directory; None: the built-in tiny base model
+    base: str | None = None  # the base model fine-tuned: one of BASE_MODELS or a directory; None: DEFAULT_BASE
+    bases: tuple[str, ...] = BASE_MODELS  # the base models of the ICL experiment, smallest to largest
     tasks: tuple[str, ...] = tuple(TASKS)  # every built-in task
-    shots: tuple[int, ...] = (0, 1, 3)  # in-context examples for the ICL experiment
+    shots: tuple[int, ...] = (0, 1, 3)  # in-context examples for the ICL experiment; it adds as many as fit
     forgetting_shots: int = 3  # the other columns of the forgetting matrix are also scored with this many shots
     sizes: tuple[int, ...] = (50, 100, 250, 500, 1000)  # training-set sizes of the examples-needed experiment
     # arithmetic: with the shipped base model, reviews reaches test accuracy 1.0 from 50 examples,
@@ -61,7 +63,7 @@ class ExperimentConfig:
         if name == "full":
             return cls(**overrides)
         if name == "fast":
-            fast = dict(tasks=("reviews", "qa"), shots=(0, 1), forgetting_shots=1, sizes=(16, 32), n_train=32,
+            fast = dict(bases=BASE_MODELS[:2], tasks=("reviews", "qa"), shots=(0, 1), forgetting_shots=1, sizes=(16, 32), n_train=32,
                         n_val=8, n_test=8, steps=3, batch_size=8, eval_every=3, corpus_blocks=2)
             return cls(**{**fast, **overrides})
         raise ValueError(f"unknown preset {name!r}; choose 'full' or 'fast'")
@@ -76,19 +78,63 @@ def _finetune(config: ExperimentConfig, name: str, task, method: str, n_train: i
                                    seed=config.seed, train=train))
 
 
-# --- 1. in-context learning ----------------------------------------------------------------------
+# --- 1. in-context learning and model size ---------------------------------------------------------
+# A layout of few-shot prompts the corpus never shows (no document holds "Q]" or "[A]"; the corpus's
+# quiz sheets do show "### Instruction:"/"### Response:" among their markers), so that in-context
+# ability measured in the instruction format can be told apart from having seen that format.
+UNSEEN_LAYOUT = InstructionFormat("unseen", prompt_prefix="Q] ", response_prefix=" [A]\n")
+LAYOUTS = {"instruction": ALPACA_FORMAT, "unseen": UNSEEN_LAYOUT}
+
+
 def run_icl(config: ExperimentConfig) -> list[dict]:
-    """Base-model accuracy on every task with 0, 1, ... shots (answer tokens scored, see evaluate_task)."""
-    model, tokenizer = load_model(config.base)
+    """Accuracy of every base model on every task with 0, 1, 3, ... and as many shots as fit, in both layouts.
+
+    Only the answer tokens are scored (base models never learned to stop; see evaluate_task), by
+    exact match and answer loss (no ROUGE: its generation loop would cost most of the run). The
+    standard error of each accuracy is binomial over the test examples.
+    """
     rows = []
-    for task in config.tasks:
-        for shots in config.shots:
-            r = evaluate_task(model, tokenizer, task, n=config.n_test, shots=shots, seed=config.seed, score_end=False)
-            rows.append({k: r[k] for k in ("task", "shots", "n", "accuracy", "chance_accuracy", "shot_tokens", "shot_fraction")}
-                        | ({"rouge_l": r["rouge_l"]} if "rouge_l" in r else {}))
-    _save(config, "icl", rows)
+    for base in config.bases:
+        model, tokenizer = load_model(base)
+        for layout, fmt in LAYOUTS.items():
+            for task in config.tasks:
+                for shots in (*config.shots, "max"):
+                    r = evaluate_task(model, tokenizer, task, n=config.n_test, shots=shots, seed=config.seed,
+                                      score_end=False, fmt=fmt, rouge=False)
+                    rows.append({"base": Path(base).name, "parameters": model.num_parameters(), "layout": layout,
+                                 "task": task, "shots": r["shots"], "as_many_as_fit": shots == "max", "n": r["n"],
+                                 "accuracy": r["accuracy"], "stderr": binomial_stderr(r["accuracy"], r["n"]),
+                                 "answer_loss": r["loss"], "chance_accuracy": r["chance_accuracy"],
+                                 "shot_tokens": r["shot_tokens"], "shot_fraction": r["shot_fraction"]})
+    _save(config, "icl", rows, CLAIMS["icl"](rows, dataclasses.asdict(config)))
     _plot_icl(rows, Path(config.out) / "icl.png")
     return rows
+
+
+def icl_claims(rows: list[dict], shots: int) -> list[Claim]:
+    """The course's in-context claims, from the rows of `run_icl` (the smallest and largest base by parameters).
+
+    A model's gain is its mean over tasks of (k-shot accuracy - zero-shot accuracy); the two
+    accuracies share their test examples, so adding their binomial variances overstates the
+    gain's error (a conservative test).
+    """
+    def gain(base: str, layout: str) -> tuple[float, float]:
+        acc = {(r["task"], r["shots"]): (r["accuracy"], r["stderr"]) for r in rows
+               if r["base"] == base and r["layout"] == layout and not r["as_many_as_fit"]}
+        tasks = list(dict.fromkeys(t for t, _ in acc))
+        return average([difference(acc[t, shots], acc[t, 0]) for t in tasks])
+
+    sizes = {r["base"]: r["parameters"] for r in rows}
+    small, large = min(sizes, key=sizes.get), max(sizes, key=sizes.get)
+    return [
+        Claim("icl_helps_largest", f"{shots} in-context examples raise the largest base model's ({large}) accuracy "
+              "over zero-shot (mean over tasks, instruction layout)", *gain(large, "instruction")),
+        Claim("icl_weaker_in_smaller_models", f"ICL works less well in smaller models: the {shots}-shot gain of {large} "
+              f"exceeds that of {small} ({sizes[large] / sizes[small]:.0f}x fewer parameters)",
+              *difference(gain(large, "instruction"), gain(small, "instruction"))),
+        Claim("icl_without_the_corpus_layout", f"{large}'s {shots}-shot gain survives a prompt layout the corpus never "
+              "shows (Q] ... [A])", *gain(large, "unseen")),
+    ]
 
 
 # --- 2. accuracy against the number of training examples ----------------------------------------
@@ -176,6 +222,8 @@ def _corpus_blocks(tokenizer, block_size: int, config: ExperimentConfig):
 
 # --- running and saving --------------------------------------------------------------------------
 EXPERIMENTS = {"icl": run_icl, "sizes": run_sizes, "forgetting": run_forgetting}
+# experiment -> its claims from its rows and configuration as the JSON holds them (the tests recompute them)
+CLAIMS = {"icl": lambda rows, config: icl_claims(rows, max(config["shots"]))}
 
 
 def run_experiments(names: list[str], config: ExperimentConfig) -> dict[str, list[dict]]:
@@ -199,22 +247,32 @@ def _history(record: dict) -> list[dict]:
     return read_metrics(Path(record["artefact"]).parent / "metrics.jsonl")
 
 
-def _save(config: ExperimentConfig, name: str, rows: list[dict]) -> None:
-    write_table(config.out, name, rows, {"config": dataclasses.asdict(config)})
+def _save(config: ExperimentConfig, name: str, rows: list[dict], claims: list[Claim] = ()) -> None:
+    write_table(config.out, name, rows, {"config": dataclasses.asdict(config), "claims": [c.to_dict() for c in claims]})
 
 
 def _plot_icl(rows, path: Path) -> None:
+    """Mean accuracy over tasks against shots, one line per base model, one panel per layout (bars: 1 stderr)."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    for i, task in enumerate(tasks):
-        mine = [r for r in rows if r["task"] == task]
-        ax.plot([r["shots"] for r in mine], [r["accuracy"] for r in mine], "o-", color=f"C{i}", label=task)
-        ax.axhline(mine[0]["chance_accuracy"], color=f"C{i}", ls=":", lw=1)
-    ax.set(xlabel="in-context examples (shots)", ylabel="exact match (answer)", ylim=(-0.02, 1.02),
-           title="Base model: in-context learning (dotted: chance)")
-    ax.legend()
-    save_figure(fig, path, dpi=110)
+    layouts = list(dict.fromkeys(r["layout"] for r in rows))
+    fig, axes = plt.subplots(1, len(layouts), figsize=(4.2 * len(layouts), 3.4), sharey=True, squeeze=False)
+    for ax, layout in zip(axes[0], layouts):
+        for i, base in enumerate(dict.fromkeys(r["base"] for r in rows)):
+            mine = [r for r in rows if r["base"] == base and r["layout"] == layout]
+            settings = list(dict.fromkeys((r["as_many_as_fit"], r["shots"] if not r["as_many_as_fit"] else -1) for r in mine))
+            xs, ys, es = [], [], []
+            for fit, k in settings:
+                cell = [r for r in mine if r["as_many_as_fit"] == fit and (fit or r["shots"] == k)]
+                mean, err = average([(r["accuracy"], r["stderr"]) for r in cell])
+                xs.append(sum(r["shots"] for r in cell) / len(cell))
+                ys.append(mean)
+                es.append(err)
+            ax.errorbar(xs, ys, yerr=es, fmt="o-", color=f"C{i}", capsize=3, label=f"{base} ({mine[0]['parameters'] / 1e6:.2f}M)")
+        ax.set(xlabel="shots (last point: as many as fit)", title=f"{layout} layout")
+        ax.grid(alpha=0.3)
+    axes[0][0].set(ylabel="exact match (answer), mean over tasks")
+    axes[0][0].legend(fontsize=8)
+    save_figure(fig, path, dpi=100)
 
 
 def _plot_sizes(rows, path: Path) -> None:
