@@ -13,6 +13,7 @@ from minift.model import load_model
 from minift.evaluation import evaluate
 from minift.recipes import FinetuneConfig, default_train_config, finetune
 from minift.data import load_task_data
+from minift.training import read_metrics
 
 
 def _config(tmp_path, checkpoint, **overrides):
@@ -133,3 +134,22 @@ def test_under_torchrun_two_fsdp_ranks_behave_as_one_run_and_save_a_model_one_pr
     assert evaluate(model, test, tokenizer.pad_id).loss == pytest.approx(record["tests"]["reviews"]["loss"], rel=1e-5)
     base = load_model(tiny_checkpoint)[0]
     assert evaluate(base, test, tokenizer.pad_id).loss != pytest.approx(record["tests"]["reviews"]["loss"], rel=1e-3)  # it trained
+
+
+def test_the_saved_model_is_the_best_validation_step_not_the_last(tiny_checkpoint, tmp_path):
+    """Early stopping with patience 1 ends one evaluation after the best, so the last step is not the best one:
+    the saved model must hold the best step's weights, and re-evaluated it gives the recorded best validation loss."""
+    import dataclasses
+
+    config = _config(tmp_path, tiny_checkpoint, n_train=24, n_val=8, n_test=8)
+    # lr 0.03: large enough that the validation loss rises again within a few steps of its minimum
+    config.train = dataclasses.replace(config.train, max_steps=30, eval_every=1, select_by="loss", lr=3e-2,
+                                       early_stopping_patience=1)
+    record = finetune(config)
+    evals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "eval"]
+    assert record["best_step"] < record["steps"] == evals[-1]["step"]  # the run this test needs
+    assert evals[-1]["loss"] > record["val_loss"] == min(r["loss"] for r in evals)
+    model, tokenizer = load_model(record["artefact"])
+    validation = load_task_data("reviews", tokenizer, model.config.block_size, n_train=24, n_val=8, n_test=8).validation
+    # the same weights and examples as the best evaluation: its loss to fp32 rounding, not the last step's
+    assert evaluate(model, validation, tokenizer.pad_id).loss == pytest.approx(record["val_loss"], rel=1e-5)
