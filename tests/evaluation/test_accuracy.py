@@ -95,3 +95,54 @@ def test_few_shot_prompts_score_the_answer_with_or_without_its_end(tiny_checkpoi
     assert with_end["loss"] != answer_only["loss"] and 0.1 < with_end["shot_fraction"] < 0.5
     zero_shot = evaluate_task(model, tokenizer, "reviews", n=6, shots=0, score_end=False)
     assert zero_shot["shot_tokens"] == 0.0
+
+
+class _Scripted(torch.nn.Module):
+    """Greedy decoding of this model writes `script`, one token per call, whatever the prompt."""
+
+    def __init__(self, config, script):
+        super().__init__()
+        self.config, self.script, self.calls = config, script, 0
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, ids, attention_mask=None, kv_cache=None):
+        logits = torch.zeros(*ids.shape, self.config.vocab_size)
+        logits[:, -1, self.script[min(self.calls, len(self.script) - 1)]] = 1.0
+        self.calls += 1
+        return logits
+
+
+def test_rouge_scores_the_generated_summary_against_the_reference(tiny_tokenizer):
+    """The hand-computed case of test_metrics (F = 0.75), through generation: a prediction that is not the
+    reference must not score 1, as it would if it were compared with itself."""
+    from minift.model import GPTConfig
+
+    tok = tiny_tokenizer
+    prompt = tok.encode("Summarize: Ben and Anna plan a meeting.\n")
+    reference = tok.encode("Ben will meet Anna at the cafe on Friday.") + [tok.eot_id]
+    prediction = tok.encode("Ben will meet Anna at the park.") + [tok.eot_id]
+    example = TokenizedExample(prompt + reference, [-100] * len(prompt) + reference, len(prompt), 0)
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=1, n_head=1, n_embd=8)
+    assert greedy_completions(_Scripted(config, prediction), [example], tok.eot_id) == [prediction]
+    assert rouge_scores(_Scripted(config, prediction), tok, [example]) == pytest.approx(0.75)
+    assert rouge_scores(_Scripted(config, reference), tok, [example]) == 1.0
+
+
+def test_few_shot_examples_are_drawn_from_the_training_split_never_the_test_split(tiny_checkpoint, monkeypatch):
+    import minift.evaluation.task_accuracy as task_accuracy
+    from minift.data import load_task_data
+    from minift.evaluation import evaluate_task
+    from minift.model import load_model
+
+    model, tokenizer = load_model(tiny_checkpoint)
+    drawn = []  # (query, shots) of every prompt evaluate_task builds
+    real = task_accuracy.few_shot_prompt
+    monkeypatch.setattr(task_accuracy, "few_shot_prompt",
+                        lambda tok, query, shots, *a, **k: drawn.append((query, list(shots))) or real(tok, query, shots, *a, **k))
+    evaluate_task(model, tokenizer, "reviews", n=16, shots=1, seed=0, score_end=False)
+    data = load_task_data("reviews", tokenizer, model.config.block_size, n_train="all", n_val=0, n_test=16, seed=0, tokenize=())
+    train, test = {e.record for e in data.rendered["train"]}, {e.record for e in data.rendered["test"]}
+    assert [q for q, _ in drawn] == data.rendered["test"]  # one prompt per test query
+    shots = [s for _, ss in drawn for s in ss]
+    assert len(shots) == 16
+    assert all(s.record in train for s in shots) and not any(s.record in test for s in shots)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from minift.recipes import ExperimentConfig, run_experiments
+from minift.training import read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +23,35 @@ def test_icl_rows_cover_every_task_and_shot_count(results):
     assert zero["shot_tokens"] == 0 and one["shot_tokens"] > 0 and 0 < one["shot_fraction"] < 1
 
 
-def test_sizes_rows_and_curves(results):
+def _run(config, name: str) -> tuple[dict, list[dict]]:
+    """The result.json and metrics.jsonl the experiment's fine-tuning run NAME wrote under out/runs/."""
+    run = Path(config.out) / "runs" / name
+    return json.loads((run / "result.json").read_text()), read_metrics(run / "metrics.jsonl")
+
+
+def test_sizes_rows_and_curves_are_those_of_their_runs(results):
     config, r = results
     assert [(row["method"], row["n_train"]) for row in r["sizes"]] == [(m, n) for m in ("full", "lora") for n in config.sizes]
     for row in r["sizes"]:
-        assert row["val_curve"] and all(0 <= acc <= 1 for _, acc in row["val_curve"])
+        record, history = _run(config, f"sizes-{row['method']}-{row['n_train']}")
+        assert row["val_curve"] == [(e["step"], e["accuracy"]) for e in history if e["kind"] == "eval"]
+        assert row["best_step"] == record["best_step"] and row["val_accuracy"] == record["val_accuracy"]
     lora = [row for row in r["sizes"] if row["method"] == "lora"][0]
     full = [row for row in r["sizes"] if row["method"] == "full"][0]
     assert lora["trainable_parameters"] < full["trainable_parameters"]
+
+
+def test_each_size_trains_on_that_many_examples(results):
+    """Each run of the sizes experiment trains on its own n_train examples: its result.json says so, and the
+    training losses of two sizes differ (other examples in the batches), for each method."""
+    config, r = results
+    for method in ("full", "lora"):
+        losses = []
+        for n in config.sizes:
+            record, history = _run(config, f"sizes-{method}-{n}")
+            assert record["n_train"] == n and record["config"]["n_train"] == n
+            losses.append([e["loss"] for e in history if e["kind"] == "train"])
+        assert len(losses[0]) == config.steps and losses[0] != losses[1]
 
 
 def test_forgetting_matrix_has_a_row_per_model_and_a_column_per_task(results):
@@ -37,10 +59,20 @@ def test_forgetting_matrix_has_a_row_per_model_and_a_column_per_task(results):
     names = [row["model"] for row in r["forgetting"]]
     assert names == ["base", "full on reviews", "full on qa", "lora on reviews", "lora on qa", "full multi-task",
                      "lora multi-task", "per-task LoRA adapters (switched)"]
-    for row in r["forgetting"]:
-        for task in config.tasks:
-            assert 0 <= row[task] <= 1 and 0 <= row[f"{task} 1-shot"] <= 1
-        assert row["corpus_loss"] > 0
+    columns = {"model", "trained_on", "corpus_loss", *config.tasks, *(f"{t} 1-shot" for t in config.tasks)}
+    assert all(columns <= set(row) for row in r["forgetting"])
+
+
+def test_every_fine_tuned_row_scores_its_own_model(results):
+    """Accuracies are all 0 on the fast preset, but the corpus loss is continuous: each fine-tuned model (3
+    steps, LoRA's B no longer zero) has its own, different from the base row's and from every other row's;
+    the switched adapters are scored on the corpus with the adapters off, so that row is the base's."""
+    _, r = results
+    rows = {row["model"]: row["corpus_loss"] for row in r["forgetting"]}
+    base, switched = rows.pop("base"), rows.pop("per-task LoRA adapters (switched)")
+    assert switched == pytest.approx(base, rel=1e-6)
+    assert all(loss != pytest.approx(base, rel=1e-6) for loss in rows.values()), rows
+    assert len({round(loss, 7) for loss in rows.values()}) == len(rows), rows  # six models, six losses
 
 
 def test_switched_adapters_reproduce_each_single_task_lora(results):
