@@ -1,6 +1,9 @@
 """The ICL experiment: every base model and layout is really evaluated, as many shots as fit do fit, and the
 claims are computed from the smallest and largest model."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from minift.data import CorpusConfig, few_shot_prompt, generate_corpus, load_task_data, max_shots
@@ -90,3 +93,14 @@ def test_rouge_is_scored_only_when_asked(rouge):
     model, tokenizer = load_model(BASE_MODELS[0])
     record = evaluate_task(model, tokenizer, "summarize", n=2, score_end=False, rouge=rouge)
     assert ("rouge_l" in record) is rouge
+
+
+def test_the_results_and_their_claims_are_written(icl):
+    config, rows = icl
+    saved = json.loads((Path(config.out) / "icl.json").read_text())
+    assert saved["rows"] == rows and saved["config"]["bases"] == list(config.bases)
+    assert [c["name"] for c in saved["claims"]] == ["icl_helps_largest", "icl_weaker_in_smaller_models",
+                                                    "icl_without_the_corpus_layout"]
+    assert all(set(c) == {"name", "statement", "value", "stderr", "holds"} for c in saved["claims"])
+    assert (Path(config.out) / "icl.csv").read_text().count("\n") == len(rows) + 1
+    assert (Path(config.out) / "icl.png").stat().st_size > 5_000
