@@ -12,7 +12,7 @@ from minift.recipes.experiments import CLAIMS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
-TAG = re.compile(r"\(claim `(\w+)`: (holds|not shown)\)")
+TAG = re.compile(r"\(claim\s+`(\w+)`:\s+(holds|not\s+shown)\)")  # a tag may wrap across lines
 
 
 def _committed() -> dict[str, dict]:
@@ -51,6 +51,7 @@ def test_every_tag_in_the_prose_agrees_with_the_committed_claim():
     claims, tagged = _claims(), set()
     for where, text in _prose().items():
         for name, verdict in TAG.findall(text):
+            verdict = " ".join(verdict.split())
             assert name in claims, f"{where} tags claim {name!r}, which no committed result holds"
             expected = "holds" if claims[name]["holds"] else "not shown"
             assert verdict == expected, f"{where} says claim {name!r} {verdict}; the committed result: {expected}"

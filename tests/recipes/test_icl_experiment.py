@@ -36,23 +36,26 @@ def test_max_shots_fit_every_prompt_and_one_more_of_the_longest_does_not(task, l
     assert max(lengths) + shot > 512  # and k is the most: one more would overflow the longest query
 
 
-def _row(base, parameters, layout, task, shots, accuracy):
+def _row(base, parameters, layout, task, shots, accuracy, fit=False):
     return {"base": base, "parameters": parameters, "layout": layout, "task": task, "shots": shots,
-            "as_many_as_fit": False, "accuracy": accuracy, "stderr": 0.01}
+            "as_many_as_fit": fit, "accuracy": accuracy, "stderr": 0.01}
 
 
 def test_icl_claims_compare_the_largest_with_the_smallest_model():
     rows = []
-    for base, params, gain in (("big", 3_000_000, 0.4), ("mid", 1_000_000, 0.0), ("small", 150_000, 0.1)):
+    for base, params, gain, level in (("big", 3_000_000, 0.4, 0.3), ("mid", 1_000_000, 0.0, 0.9), ("small", 150_000, 0.1, 0.2)):
         for layout, shift in (("instruction", 0.0), ("unseen", -0.3)):
             for task in ("a", "b"):
-                rows += [_row(base, params, layout, task, 0, 0.2), _row(base, params, layout, task, 3, 0.2 + gain + shift)]
+                rows += [_row(base, params, layout, task, 0, level), _row(base, params, layout, task, 3, level + gain + shift),
+                         _row(base, params, layout, task, 8, level + gain + shift - 0.05, fit=True)]
     claims = {c.name: c for c in icl_claims(rows, shots=3)}
     assert claims["icl_helps_largest"].value == pytest.approx(0.4)
-    assert claims["icl_weaker_in_smaller_models"].value == pytest.approx(0.3)  # big's gain - small's, not mid's
+    assert claims["icl_accuracy_grows_with_size"].value == pytest.approx(0.7 - 0.3)  # big's 3-shot - small's, not mid's
+    assert claims["icl_weaker_in_smaller_models"].value == pytest.approx(0.3)  # big's gain - small's
     assert claims["icl_without_the_corpus_layout"].value == pytest.approx(0.1)
+    assert claims["icl_full_context_hurts"].value == pytest.approx(0.05)  # 3 shots - as many as fit, over all bases
     assert claims["icl_helps_largest"].stderr == pytest.approx((2 * 2 * 0.01**2) ** 0.5 / 2)
-    assert "big" in claims["icl_helps_largest"].statement and "20x" in claims["icl_weaker_in_smaller_models"].statement
+    assert "big" in claims["icl_helps_largest"].statement and "20x" in claims["icl_accuracy_grows_with_size"].statement
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +102,9 @@ def test_the_results_and_their_claims_are_written(icl):
     config, rows = icl
     saved = json.loads((Path(config.out) / "icl.json").read_text())
     assert saved["rows"] == rows and saved["config"]["bases"] == list(config.bases)
-    assert [c["name"] for c in saved["claims"]] == ["icl_helps_largest", "icl_weaker_in_smaller_models",
-                                                    "icl_without_the_corpus_layout"]
+    assert [c["name"] for c in saved["claims"]] == ["icl_helps_largest", "icl_accuracy_grows_with_size",
+                                                    "icl_weaker_in_smaller_models", "icl_without_the_corpus_layout",
+                                                    "icl_full_context_hurts"]
     assert all(set(c) == {"name", "statement", "value", "stderr", "holds"} for c in saved["claims"])
     assert (Path(config.out) / "icl.csv").read_text().count("\n") == len(rows) + 1
     assert (Path(config.out) / "icl.png").stat().st_size > 5_000
